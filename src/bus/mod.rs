@@ -1,0 +1,141 @@
+//! The event bus: where envelopes are published and egress events come from.
+//!
+//! Two implementations sit behind [`Bus`]: RabbitMQ ([`amqp::AmqpBus`]) for real deployments and
+//! an in-memory bus ([`memory::MemoryBus`]) so the service runs on a fresh machine with no
+//! configuration. Callers only see [`BusMessage`] and [`PublishError`].
+
+pub mod amqp;
+pub mod memory;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::configuration::BusSettings;
+
+/// `app_id` stamped on everything we publish.
+pub const APP_ID: &str = "ingress-egress";
+
+/// One message to publish: the body plus the properties §3.3 of the design asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BusMessage {
+    /// Topic name without `BUS_PREFIX`, e.g. `internal.ingress.v1`.
+    pub topic: String,
+    /// Stable id: the same provider event always yields the same one.
+    pub message_id: String,
+    pub correlation_id: String,
+    /// The envelope `type`, also the CloudEvents type.
+    pub kind: String,
+    /// CloudEvents `source`.
+    pub source: String,
+    pub timestamp: DateTime<Utc>,
+    /// JSON body.
+    pub body: String,
+}
+
+impl BusMessage {
+    /// Serialises `body` as JSON into a message for `topic`.
+    pub fn json<T: Serialize>(
+        topic: &str,
+        message_id: String,
+        correlation_id: String,
+        kind: &str,
+        source: &str,
+        body: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            topic: topic.to_owned(),
+            message_id,
+            correlation_id,
+            kind: kind.to_owned(),
+            source: source.to_owned(),
+            timestamp: Utc::now(),
+            body: serde_json::to_string(body)?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker not connected")]
+    NotConnected,
+    #[error("broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Connection state, as `/readyz` and the debug snapshot show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "state")]
+pub enum BusState {
+    Connected,
+    Connecting { last_error: Option<String> },
+    Embedded,
+}
+
+/// The bus in use.
+#[derive(Clone)]
+pub enum Bus {
+    Amqp(amqp::AmqpBus),
+    Memory(memory::MemoryBus),
+}
+
+impl Bus {
+    /// Builds the bus `settings` ask for; the AMQP one connects in the background.
+    pub fn from_settings(settings: &BusSettings) -> Self {
+        match &settings.amqp_url {
+            Some(_) => Bus::Amqp(amqp::AmqpBus::new(settings.clone())),
+            None => Bus::Memory(memory::MemoryBus::new(settings.prefix.clone())),
+        }
+    }
+
+    /// Publishes and waits for the broker's confirm, at most `timeout`.
+    pub async fn publish(
+        &self,
+        message: &BusMessage,
+        timeout: Duration,
+    ) -> Result<(), PublishError> {
+        match self {
+            Bus::Amqp(bus) => bus.publish(message, timeout).await,
+            Bus::Memory(bus) => bus.publish(message),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Bus::Amqp(bus) => bus.is_connected(),
+            Bus::Memory(_) => true,
+        }
+    }
+
+    pub fn state(&self) -> BusState {
+        match self {
+            Bus::Amqp(bus) => bus.state(),
+            Bus::Memory(_) => BusState::Embedded,
+        }
+    }
+
+    /// Closes the broker connection, if any.
+    pub async fn close(&self) {
+        if let Bus::Amqp(bus) = self {
+            bus.close().await;
+        }
+    }
+
+    pub fn as_memory(&self) -> Option<&memory::MemoryBus> {
+        match self {
+            Bus::Memory(bus) => Some(bus),
+            Bus::Amqp(_) => None,
+        }
+    }
+}
+
+/// `BUS_PREFIX` + topic.
+pub fn routing_key(prefix: &str, topic: &str) -> String {
+    format!("{prefix}{topic}")
+}

@@ -1,0 +1,52 @@
+//! The service's OpenAPI document: operator routes plus every connector's webhooks.
+
+use utoipa::{
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+    Modify, OpenApi,
+};
+
+use crate::{connectors::Connector, error::ErrorBody, routes};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ingress-egress",
+        description = "Connects Twilio SMS, MMS, WhatsApp and Conversations to RabbitMQ: signed webhooks become InternalEventV2 events; egress events become Twilio REST sends."
+    ),
+    paths(
+        routes::health::healthz,
+        routes::health::livez,
+        routes::health::readyz,
+        routes::metrics::metrics,
+        routes::debug::twilio_snapshot,
+        routes::debug::recent_events,
+    ),
+    components(schemas(routes::health::Health, routes::health::Readiness, ErrorBody)),
+    modifiers(&BearerAuth),
+    tags((name = "operations", description = "Health, metrics and debug views"))
+)]
+struct OperationsApi;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The full document, as served at `/api-docs/openapi.json` and committed in `openapi/`.
+pub fn document<'a>(
+    connectors: impl IntoIterator<Item = &'a dyn Connector>,
+) -> utoipa::openapi::OpenApi {
+    let mut doc = OperationsApi::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    for connector in connectors {
+        doc.merge(connector.openapi());
+    }
+    doc
+}

@@ -1,0 +1,161 @@
+//! Wiring: builds the bus, outbox, publisher and connectors from [`Settings`], starts the HTTP
+//! server and background tasks, and shuts them down in order.
+
+use std::{net::TcpListener, sync::Arc, time::Duration};
+
+use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{
+    bus::Bus,
+    configuration::Settings,
+    connectors::{twilio::TwilioConnector, Connector},
+    error::{json_config, ApiError},
+    metrics::Metrics,
+    openapi,
+    outbox::Outbox,
+    publisher::EventPublisher,
+    readiness::ReadyFlag,
+    routes,
+};
+
+/// How long in-flight work may take to finish after a stop signal (Cloud Run allows 10 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
+
+/// State shared by the operator routes.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub bus: Bus,
+    pub publisher: EventPublisher,
+    pub metrics: Metrics,
+    pub connectors: Vec<Arc<dyn Connector>>,
+    /// Present when the egress consumer runs; `/readyz` requires it up.
+    pub egress_consuming: Option<ReadyFlag>,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    bus: Bus,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Application {
+    /// Builds everything and binds the port (`PORT=0` picks a free one).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(("0.0.0.0", settings.port))?;
+        Self::build_with_listener(settings, listener).await
+    }
+
+    pub async fn build_with_listener(
+        settings: Settings,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        let port = listener.local_addr()?.port();
+        let settings = Arc::new(settings);
+        let metrics = Metrics::new();
+        let shutdown = CancellationToken::new();
+
+        let outbox = Outbox::open(&settings.outbox_dir)
+            .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
+        if outbox.depth() > 0 {
+            tracing::info!(depth = outbox.depth(), dir = %outbox.dir().display(), "outbox holds events from a previous run");
+        }
+        let bus = Bus::from_settings(&settings.bus);
+        let publisher = EventPublisher::new(
+            bus.clone(),
+            outbox,
+            settings.dedupe_ttl,
+            settings.bus.confirm_timeout,
+            metrics.clone(),
+        );
+
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(
+            publisher.clone().drain_outbox(shutdown.clone()),
+        ));
+
+        let mut connectors: Vec<Arc<dyn Connector>> = Vec::new();
+        if settings.twilio.enabled {
+            connectors.push(Arc::new(TwilioConnector::new(
+                &settings,
+                publisher.clone(),
+                metrics.clone(),
+            )));
+        }
+
+        let api_doc = openapi::document(connectors.iter().map(|c| c.as_ref()));
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            bus: bus.clone(),
+            publisher,
+            metrics,
+            connectors: connectors.clone(),
+            egress_consuming: None,
+        });
+
+        let server = HttpServer::new(move || {
+            let mut app = App::new()
+                .wrap(tracing_actix_web::TracingLogger::default())
+                .app_data(state.clone())
+                .app_data(json_config())
+                .route("/healthz", web::get().to(routes::health::healthz))
+                .route("/livez", web::get().to(routes::health::livez))
+                .route("/readyz", web::get().to(routes::health::readyz))
+                .route("/metrics", web::get().to(routes::metrics::metrics))
+                .route(
+                    "/_debug/twilio",
+                    web::get().to(routes::debug::twilio_snapshot),
+                )
+                .route(
+                    "/_debug/events",
+                    web::get().to(routes::debug::recent_events),
+                )
+                .service(
+                    SwaggerUi::new("/swagger-ui/{_:.*}")
+                        .url("/api-docs/openapi.json", api_doc.clone()),
+                );
+            for connector in &connectors {
+                let connector = connector.clone();
+                app = app.configure(move |config| connector.configure_routes(config));
+            }
+            app.default_service(web::to(|| async {
+                HttpResponse::from_error(ApiError::NotFound)
+            }))
+        })
+        .listen(listener)?
+        .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
+        .run();
+
+        Ok(Self {
+            port,
+            server,
+            bus,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT (or until the server is stopped), then stops background
+    /// tasks (the outbox gets a last drain) and closes the broker connection.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let result = self.server.await;
+        tracing::info!("HTTP server stopped; finishing background work");
+        self.shutdown.cancel();
+        for task in self.tasks {
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                tracing::warn!("a background task did not stop in time");
+            }
+        }
+        self.bus.close().await;
+        tracing::info!("stopped");
+        result
+    }
+}
