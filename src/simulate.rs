@@ -2,6 +2,8 @@
 //! posts it to a running service and shows the envelope it published (embedded bus) or where it
 //! went (RabbitMQ).
 
+use std::time::Duration;
+
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use secrecy::ExposeSecret;
@@ -94,6 +96,16 @@ pub async fn run(settings: &Settings, args: SimulateArgs) -> anyhow::Result<()> 
     );
     let form = serde_urlencoded::to_string(&params).context("encoding the form")?;
 
+    // With RabbitMQ, listen before posting so the published envelope can be shown.
+    let mut watcher = match &settings.bus.amqp_url {
+        Some(url) => Some(
+            IngressWatcher::bind(url.expose_secret(), settings)
+                .await
+                .context("binding a temporary queue to watch for the event")?,
+        ),
+        None => None,
+    };
+
     let client = reqwest::Client::new();
     let response = client
         .post(format!("{service}{path}"))
@@ -110,30 +122,109 @@ pub async fn run(settings: &Settings, args: SimulateArgs) -> anyhow::Result<()> 
         anyhow::bail!("the service rejected the webhook");
     }
 
+    let message_id = format!("twilio:{message_sid}");
+    if let Some(watcher) = watcher.as_mut() {
+        let (routing_key, body) = watcher
+            .wait_for(&message_id, Duration::from_secs(15))
+            .await
+            .with_context(|| format!("{message_id} did not appear on the bus within 15 s (is the broker up? see /readyz)"))?;
+        println!("published on {routing_key}:\n{}", pretty(&body));
+        return Ok(());
+    }
+
     let mut request = client
         .get(format!("{service}/_debug/events"))
-        .query(&[("messageId", format!("twilio:{message_sid}"))]);
+        .query(&[("messageId", message_id.as_str())]);
     if let Some(token) = &settings.debug_token {
         request = request.bearer_auth(token.expose_secret());
     }
-    match request.send().await {
-        Ok(response) if response.status().is_success() => {
-            let events: serde_json::Value = response.json().await.context("reading events")?;
-            match events["events"].as_array().and_then(|e| e.last()) {
-                Some(event) => println!(
-                    "published on {}:\n{}",
-                    event["routingKey"].as_str().unwrap_or("?"),
-                    serde_json::to_string_pretty(&event["body"])?
-                ),
-                None => println!("(not on the embedded bus yet: it may still be in the outbox)"),
-            }
-        }
-        _ => println!(
-            "published to RabbitMQ exchange {:?} with routing key {:?} (message_id twilio:{message_sid}); \
-             bind a queue to that key to see it",
-            settings.bus.exchange,
-            crate::bus::routing_key(&settings.bus.prefix, crate::envelope::topics::INGRESS)
+    let events: serde_json::Value = request
+        .send()
+        .await
+        .context("reading /_debug/events")?
+        .error_for_status()
+        .context("reading /_debug/events (is the service using the embedded bus?)")?
+        .json()
+        .await
+        .context("reading /_debug/events")?;
+    match events["events"].as_array().and_then(|e| e.last()) {
+        Some(event) => println!(
+            "published on {}:\n{}",
+            event["routingKey"].as_str().unwrap_or("?"),
+            serde_json::to_string_pretty(&event["body"])?
         ),
+        None => println!("(not on the embedded bus yet: it may still be in the outbox)"),
     }
     Ok(())
+}
+
+fn pretty(body: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
+}
+
+/// A temporary exclusive queue bound to the ingress routing key.
+struct IngressWatcher {
+    _connection: lapin::Connection,
+    consumer: lapin::Consumer,
+}
+
+impl IngressWatcher {
+    async fn bind(url: &str, settings: &Settings) -> anyhow::Result<Self> {
+        use lapin::{options::*, types::FieldTable, ExchangeKind};
+        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        let exchange = settings.bus.exchange.as_str();
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let routing_key = crate::bus::routing_key(&settings.bus.prefix, crate::envelope::topics::INGRESS);
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                routing_key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "simulate".into(),
+                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self { _connection: connection, consumer })
+    }
+
+    async fn wait_for(&mut self, message_id: &str, limit: Duration) -> anyhow::Result<(String, Vec<u8>)> {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.consumer.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("timed out"))?
+                .ok_or_else(|| anyhow::anyhow!("consumer closed"))??;
+            let id = next.properties.message_id().as_ref().map(|s| s.to_string());
+            if id.as_deref() == Some(message_id) {
+                return Ok((next.routing_key.to_string(), next.data));
+            }
+        }
+    }
 }

@@ -1,0 +1,355 @@
+//! Test harness: spawns the real application on a random port against a real RabbitMQ, taps
+//! the exchange with a private queue, and loads the signed Twilio fixtures.
+
+use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+
+use futures_util::StreamExt;
+use ingress_egress::{configuration::Settings, startup::Application};
+use lapin::{
+    message::Delivery,
+    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
+    types::FieldTable,
+    Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
+};
+use serde::Deserialize;
+
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The broker URL tests use, or `None` (with a loud notice) when no broker answers.
+/// With `REQUIRE_AMQP=1` a missing broker fails the test instead.
+pub async fn broker_url() -> Option<String> {
+    let url = std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned());
+    let reachable = tokio::time::timeout(
+        Duration::from_secs(5),
+        Connection::connect(&url, ConnectionProperties::default()),
+    )
+    .await;
+    match reachable {
+        Ok(Ok(connection)) => {
+            let _ = connection.close(200, "probe".into()).await;
+            Some(url)
+        }
+        other => {
+            let reason = match other {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_owned(),
+            };
+            if std::env::var("REQUIRE_AMQP").as_deref() == Ok("1") {
+                panic!("REQUIRE_AMQP=1 but RabbitMQ is not reachable at {url}: {reason}");
+            }
+            eprintln!(
+                "\n!!!!!!!! SKIPPING broker test: RabbitMQ not reachable ({reason}). \
+                 Set REQUIRE_AMQP=1 to make this a failure. !!!!!!!!\n"
+            );
+            None
+        }
+    }
+}
+
+/// Returns from the test early (after a loud notice) when no broker is available.
+#[macro_export]
+macro_rules! require_broker {
+    () => {
+        match $crate::helpers::broker_url().await {
+            Some(url) => url,
+            None => return,
+        }
+    };
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub exchange: String,
+    pub egress_queue: String,
+    pub amqp_url: Option<String>,
+    pub settings: Settings,
+    pub outbox_dir: PathBuf,
+    pub client: reqwest::Client,
+    _outbox_guard: Option<tempfile::TempDir>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+/// Variables every test app gets: fixture credentials, a private exchange and queue, a fresh
+/// outbox. `overrides` win; an override with an empty value removes the variable.
+pub fn base_vars(amqp_url: Option<&str>) -> BTreeMap<String, String> {
+    let tokens = fixture_tokens();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let mut vars = BTreeMap::new();
+    let mut set = |k: &str, v: &str| {
+        vars.insert(k.to_owned(), v.to_owned());
+    };
+    set("PORT", "0");
+    set("APP_ENV", "development");
+    set("LOG_LEVEL", "warn");
+    set("LOG_FORMAT", "pretty");
+    set("PUBLIC_BASE_URL", &tokens.public_base_url);
+    set("AMQP_EXCHANGE", &format!("test-{id}"));
+    set("AMQP_EGRESS_QUEUE", &format!("test-{id}.egress"));
+    set("INSTANCE_ID", &format!("test-{id}"));
+    set("TWILIO_ACCOUNT_SID", &tokens.account_sid);
+    set("TWILIO_AUTH_TOKEN", &tokens.primary_auth_token);
+    set("TWILIO_SECONDARY_AUTH_TOKEN", &tokens.secondary_auth_token);
+    set("PUBLISH_CONFIRM_TIMEOUT_MS", "3000");
+    if let Some(url) = amqp_url {
+        set("AMQP_URL", url);
+    }
+    vars
+}
+
+/// Spawns the application with `base_vars` plus `overrides`; with a broker, waits until ready.
+pub async fn spawn_app(amqp_url: Option<&str>, overrides: &[(&str, &str)]) -> TestApp {
+    let app = spawn_app_not_ready(amqp_url, overrides).await;
+    if app.amqp_url.is_some() {
+        app.wait_ready(Duration::from_secs(15)).await;
+    }
+    app
+}
+
+/// Spawns the application without waiting for the broker.
+pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &str)]) -> TestApp {
+    let mut vars = base_vars(amqp_url);
+    let outbox_guard = if overrides.iter().any(|(k, _)| *k == "OUTBOX_DIR") {
+        None
+    } else {
+        let dir = tempfile::tempdir().expect("temp dir");
+        vars.insert("OUTBOX_DIR".into(), dir.path().display().to_string());
+        Some(dir)
+    };
+    for (key, value) in overrides {
+        if value.is_empty() {
+            vars.remove(*key);
+        } else {
+            vars.insert((*key).to_owned(), (*value).to_owned());
+        }
+    }
+    let settings = Settings::from_vars(vars).expect("test settings are valid");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let application = Application::build_with_listener(settings.clone(), listener)
+        .await
+        .expect("application builds");
+    let port = application.port();
+    let server = tokio::spawn(async move {
+        let _ = application.run_until_stopped().await;
+    });
+    let app = TestApp {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        exchange: settings.bus.exchange.clone(),
+        egress_queue: settings.bus.egress_queue.clone(),
+        amqp_url: amqp_url.map(str::to_owned),
+        outbox_dir: settings.outbox_dir.clone(),
+        settings,
+        client: reqwest::Client::new(),
+        _outbox_guard: outbox_guard,
+        server,
+    };
+    app
+}
+
+impl TestApp {
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Ok(response) = self.client.get(format!("{}/readyz", self.address)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("application not ready within {limit:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Posts a fixture exactly as Twilio sent it.
+    pub async fn post_fixture(&self, fixture: &Fixture) -> reqwest::Response {
+        self.client
+            .post(format!("{}{}", self.address, fixture.path_and_query))
+            .header("Content-Type", &fixture.content_type)
+            .header("X-Twilio-Signature", &fixture.signature)
+            .body(fixture.body.clone())
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.address))
+            .send()
+            .await
+            .expect("request sent")
+    }
+
+    /// A private queue bound to `BUS_PREFIX` + `topic` on this app's exchange.
+    pub async fn tap(&self, topic: &str) -> BusTap {
+        let url = self.amqp_url.as_deref().expect("tap needs a broker");
+        BusTap::bind(url, &self.exchange, &format!("{}{topic}", self.settings.bus.prefix)).await
+    }
+}
+
+/// An exclusive, auto-deleted queue bound to one routing key, to observe what is published.
+pub struct BusTap {
+    _connection: Connection,
+    pub channel: Channel,
+    consumer: Consumer,
+}
+
+impl BusTap {
+    pub async fn bind(amqp_url: &str, exchange: &str, routing_key: &str) -> Self {
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+            .await
+            .expect("tap connects");
+        let channel = connection.create_channel().await.expect("channel");
+        channel
+            .exchange_declare(
+                exchange.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("exchange declared");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue declared");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue bound");
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consuming");
+        Self {
+            _connection: connection,
+            channel,
+            consumer,
+        }
+    }
+
+    /// The next message, or `None` after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Delivery> {
+        match tokio::time::timeout(wait, self.consumer.next()).await {
+            Ok(Some(Ok(delivery))) => Some(delivery),
+            _ => None,
+        }
+    }
+
+    /// The next message's body as JSON; panics when none arrives within 10 s.
+    pub async fn next_json(&mut self) -> (Delivery, serde_json::Value) {
+        let delivery = self
+            .next(Duration::from_secs(10))
+            .await
+            .expect("a message within 10 s");
+        let json = serde_json::from_slice(&delivery.data).expect("JSON body");
+        (delivery, json)
+    }
+
+    /// Every message that arrives until none has come for `quiet`.
+    pub async fn collect_until_quiet(&mut self, quiet: Duration) -> Vec<Delivery> {
+        let mut all = Vec::new();
+        while let Some(delivery) = self.next(quiet).await {
+            all.push(delivery);
+        }
+        all
+    }
+}
+
+/// A string header of an AMQP message.
+pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        lapin::types::AMQPValue::LongString(s) => Some(s.to_string()),
+        lapin::types::AMQPValue::ShortString(s) => Some(s.to_string()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Fixture {
+    pub name: String,
+    pub kind: String,
+    pub signed_url: String,
+    pub public_base_url: String,
+    pub path_and_query: String,
+    pub content_type: String,
+    pub body: String,
+    pub params: Vec<(String, String)>,
+    pub signature: String,
+    pub signed_with: String,
+    pub expect_valid: bool,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct FixtureTokens {
+    pub account_sid: String,
+    pub primary_auth_token: String,
+    pub secondary_auth_token: String,
+    pub other_auth_token: String,
+    pub public_base_url: String,
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/twilio")
+}
+
+pub fn fixture_tokens() -> FixtureTokens {
+    let text = std::fs::read_to_string(fixtures_dir().join("tokens.json")).expect("tokens.json");
+    serde_json::from_str(&text).expect("tokens.json parses")
+}
+
+pub fn fixture(name: &str) -> Fixture {
+    let path = fixtures_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("fixture {name}"));
+    serde_json::from_str(&text).expect("fixture parses")
+}
+
+/// Every fixture, sorted by name.
+pub fn all_fixtures() -> Vec<Fixture> {
+    let mut fixtures: Vec<Fixture> = std::fs::read_dir(fixtures_dir())
+        .expect("fixtures dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("tokens.json"))
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
+        .collect();
+    fixtures.sort_by(|a, b| a.name.cmp(&b.name));
+    fixtures
+}

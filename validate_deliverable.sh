@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Checks the whole deliverable: build, format, lint, tests against RabbitMQ, Swagger UI in a real
+# browser, and a smoke run of the release binary that receives a signed SMS and publishes it.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+step() { printf '\n==> %s\n' "$*"; }
+AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+
+step "build"
+cargo build --locked --all-targets
+cargo build --locked --release
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets --features websocket -- -D warnings
+
+step "tests (RabbitMQ required)"
+REQUIRE_AMQP=1 cargo test --locked
+
+step "Swagger UI in headless Chromium"
+bash tests/browser/run.sh
+
+step "smoke run: signed SMS -> RabbitMQ"
+workdir=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+export PORT="$port" AMQP_URL TWILIO_ENABLED=true \
+  TWILIO_ACCOUNT_SID=AC00000000000000000000000000000001 \
+  TWILIO_AUTH_TOKEN=smoke-test-auth-token \
+  TWILIO_PHONE_NUMBER=+15005550006 \
+  AMQP_EXCHANGE="smoke-$$" OUTBOX_DIR="$workdir/outbox" LOG_FORMAT=json
+./target/release/ingress-egress >"$workdir/service.log" 2>&1 &
+service=$!
+trap 'kill $service 2>/dev/null || true; rm -rf "$workdir"' EXIT
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  sleep 0.2
+done
+curl -fsS "http://127.0.0.1:$port/readyz"
+echo
+./target/release/ingress-egress simulate sms --from +14155550100 --body "smoke test" | tee "$workdir/simulate.out"
+grep -q '"type": "chat.message.v1"' "$workdir/simulate.out"
+kill -TERM $service
+wait $service || true
+if grep -q 'smoke-test-auth-token' "$workdir/service.log"; then
+  echo "the auth token leaked into the log" >&2
+  exit 1
+fi
+grep -q '"message":"stopped"' "$workdir/service.log" || { echo "service did not shut down cleanly" >&2; cat "$workdir/service.log"; exit 1; }
+
+step "all checks passed"
