@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod bus;
 pub mod configuration;
 pub mod connectors;
+pub mod egress;
 pub mod envelope;
 pub mod error;
 pub mod metrics;

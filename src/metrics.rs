@@ -31,6 +31,9 @@ pub struct Metrics {
     pub egress_lag: Histogram,
     /// Webhook events acknowledged without publishing, by event type.
     pub ignored_events: IntCounterVec,
+    /// Auto-join of the bot into Conversations, by outcome (joined, already_participant,
+    /// retried, gave_up).
+    pub conversation_joins: IntCounterVec,
 }
 
 impl Metrics {
@@ -136,6 +139,11 @@ impl Metrics {
                 "ignored_events_total",
                 "Webhook events acknowledged without publishing, by event type",
                 &["event_type"],
+            ),
+            conversation_joins: counter_vec(
+                "conversation_joins_total",
+                "Attempts to add the bot to a Twilio conversation, by outcome",
+                &["outcome"],
             ),
             registry,
         }

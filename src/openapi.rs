@@ -20,10 +20,12 @@ use crate::{connectors::Connector, error::ErrorBody, routes};
         routes::metrics::metrics,
         routes::debug::twilio_snapshot,
         routes::debug::recent_events,
+        routes::operator::send_message,
     ),
-    components(schemas(routes::health::Health, routes::health::Readiness, ErrorBody)),
+    components(schemas(routes::health::Health, routes::health::Readiness, ErrorBody, routes::operator::SendMessageRequest, routes::operator::SendMessageAccepted)),
     modifiers(&BearerAuth),
-    tags((name = "operations", description = "Health, metrics and debug views"))
+    tags((name = "operations", description = "Health, metrics and debug views"),
+        (name = "operator", description = "Operator actions (bearer DEBUG_TOKEN or OPERATOR_TOKEN)"))
 )]
 struct OperationsApi;
 

@@ -97,10 +97,11 @@ impl EventPublisher {
         if !entry.is_fresh() {
             return Ok(Delivery::Duplicate);
         }
-        let result = self.publish(message.clone()).await;
+        let message_id = entry.key().clone();
+        let result = self.publish(message).await;
         if result.is_err() {
             // Not accepted: let the provider's retry through.
-            self.inner.recently_accepted.invalidate(&message.message_id);
+            self.inner.recently_accepted.invalidate(&message_id);
         }
         result
     }

@@ -174,25 +174,34 @@ struct IngressWatcher {
 impl IngressWatcher {
     async fn bind(url: &str, settings: &Settings) -> anyhow::Result<Self> {
         use lapin::{options::*, types::FieldTable, ExchangeKind};
-        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+        let connection =
+            lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
         let channel = connection.create_channel().await?;
         let exchange = settings.bus.exchange.as_str();
         channel
             .exchange_declare(
                 exchange.into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
         let queue = channel
             .queue_declare(
                 "".into(),
-                QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() },
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
-        let routing_key = crate::bus::routing_key(&settings.bus.prefix, crate::envelope::topics::INGRESS);
+        let routing_key =
+            crate::bus::routing_key(&settings.bus.prefix, crate::envelope::topics::INGRESS);
         channel
             .queue_bind(
                 queue.name().clone(),
@@ -206,14 +215,24 @@ impl IngressWatcher {
             .basic_consume(
                 queue.name().clone(),
                 "simulate".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
-        Ok(Self { _connection: connection, consumer })
+        Ok(Self {
+            _connection: connection,
+            consumer,
+        })
     }
 
-    async fn wait_for(&mut self, message_id: &str, limit: Duration) -> anyhow::Result<(String, Vec<u8>)> {
+    async fn wait_for(
+        &mut self,
+        message_id: &str,
+        limit: Duration,
+    ) -> anyhow::Result<(String, Vec<u8>)> {
         use futures_util::StreamExt;
         let deadline = tokio::time::Instant::now() + limit;
         loop {

@@ -79,12 +79,22 @@ impl Application {
         ));
 
         let mut connectors: Vec<Arc<dyn Connector>> = Vec::new();
+        let mut egress_consuming = None;
         if settings.twilio.enabled {
-            connectors.push(Arc::new(TwilioConnector::new(
-                &settings,
+            let twilio = TwilioConnector::new(&settings, publisher.clone(), metrics.clone());
+            // Egress: RabbitMQ → Twilio REST, stopped by `shutdown` (see `crate::egress`).
+            let (consuming, egress_task) = crate::egress::start(
+                crate::connectors::twilio::egress_sink::TwilioSink::new(twilio.clone()),
+                crate::connectors::twilio::egress_sink::engine_config(&settings.twilio),
+                bus.clone(),
+                settings.bus.clone(),
                 publisher.clone(),
                 metrics.clone(),
-            )));
+                shutdown.clone(),
+            );
+            egress_consuming = Some(consuming);
+            tasks.push(egress_task);
+            connectors.push(Arc::new(twilio));
         }
 
         let api_doc = openapi::document(connectors.iter().map(|c| c.as_ref()));
@@ -94,7 +104,7 @@ impl Application {
             publisher,
             metrics,
             connectors: connectors.clone(),
-            egress_consuming: None,
+            egress_consuming,
         });
 
         let server = HttpServer::new(move || {
@@ -113,6 +123,10 @@ impl Application {
                 .route(
                     "/_debug/events",
                     web::get().to(routes::debug::recent_events),
+                )
+                .route(
+                    "/v1/messages",
+                    web::post().to(routes::operator::send_message),
                 )
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")

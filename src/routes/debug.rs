@@ -74,7 +74,7 @@ pub async fn twilio_snapshot(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(json!({
+    let mut snapshot = json!({
         "connector": connector.name(),
         "state": if degraded_reason.is_some() { "DEGRADED" } else { "READY" },
         "degradedReason": degraded_reason,
@@ -89,7 +89,94 @@ pub async fn twilio_snapshot(
         },
         "egressConsumer": egress,
         "twilio": connector.snapshot(),
-    })))
+    });
+    scrub(&mut snapshot, &secret_values(&state.settings));
+    Ok(HttpResponse::Ok().json(snapshot))
+}
+
+/// Every configured secret value, for [`scrub`].
+fn secret_values(settings: &crate::configuration::Settings) -> Vec<String> {
+    let twilio = &settings.twilio;
+    let mut secrets: Vec<String> = [
+        Some(&twilio.auth_token),
+        twilio.secondary_auth_token.as_ref(),
+        twilio.api_secret.as_ref(),
+        settings.debug_token.as_ref(),
+        settings.operator_token.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|s| s.expose_secret().to_owned())
+    .collect();
+    if let Some(url) = &settings.bus.amqp_url {
+        if let Some(password) = url::Url::parse(url.expose_secret())
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned))
+        {
+            secrets.push(password);
+        }
+    }
+    secrets
+}
+
+/// Last line of defence for the snapshot (error texts come from brokers and Twilio): masks the
+/// configured secrets and anything shaped like a phone number (`+` and 8 to 15 digits) in every
+/// string.
+pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => {
+            let mut masked = text.clone();
+            for secret in secrets.iter().filter(|s| s.len() >= 4) {
+                masked = masked.replace(secret.as_str(), "***");
+            }
+            *text = mask_phone_numbers(&masked);
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| scrub(v, secrets)),
+        Value::Object(map) => map.values_mut().for_each(|v| scrub(v, secrets)),
+        _ => {}
+    }
+}
+
+/// Replaces `+` followed by 8 to 15 digits with `+***`.
+fn mask_phone_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('+') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        if (8..=15).contains(&digits) {
+            out.push_str("+***");
+            rest = &after[digits..];
+        } else {
+            out.push('+');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_phone_numbers_are_masked_everywhere() {
+        let mut value = json!({
+            "lastError": "Twilio 21211: The 'To' number +15005550009 is not valid (token s3cr3t-token)",
+            "nested": [{"at": "2026-11-25T09:00:00+00:00", "n": 3, "who": "whatsapp:+4915112345678"}],
+        });
+        scrub(&mut value, &["s3cr3t-token".to_owned(), "x".to_owned()]);
+        let text = value.to_string();
+        assert!(!text.contains("15005550009"), "{text}");
+        assert!(!text.contains("4915112345678"), "{text}");
+        assert!(!text.contains("s3cr3t-token"), "{text}");
+        assert!(text.contains("+00:00"), "short digit runs stay: {text}");
+        assert!(text.contains("Twilio 21211"), "{text}");
+        assert_eq!(value["nested"][0]["n"], 3);
+    }
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -4,3 +4,4 @@
 pub mod debug;
 pub mod health;
 pub mod metrics;
+pub mod operator;

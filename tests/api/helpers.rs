@@ -59,7 +59,6 @@ macro_rules! require_broker {
 
 pub struct TestApp {
     pub address: String,
-    pub port: u16,
     pub exchange: String,
     pub egress_queue: String,
     pub amqp_url: Option<String>,
@@ -140,7 +139,6 @@ pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &st
     });
     let app = TestApp {
         address: format!("http://127.0.0.1:{port}"),
-        port,
         exchange: settings.bus.exchange.clone(),
         egress_queue: settings.bus.egress_queue.clone(),
         amqp_url: amqp_url.map(str::to_owned),
@@ -158,7 +156,12 @@ impl TestApp {
     pub async fn wait_ready(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            if let Ok(response) = self.client.get(format!("{}/readyz", self.address)).send().await {
+            if let Ok(response) = self
+                .client
+                .get(format!("{}/readyz", self.address))
+                .send()
+                .await
+            {
                 if response.status() == 200 {
                     return;
                 }
@@ -193,14 +196,19 @@ impl TestApp {
     /// A private queue bound to `BUS_PREFIX` + `topic` on this app's exchange.
     pub async fn tap(&self, topic: &str) -> BusTap {
         let url = self.amqp_url.as_deref().expect("tap needs a broker");
-        BusTap::bind(url, &self.exchange, &format!("{}{topic}", self.settings.bus.prefix)).await
+        BusTap::bind(
+            url,
+            &self.exchange,
+            &format!("{}{topic}", self.settings.bus.prefix),
+        )
+        .await
     }
 }
 
 /// An exclusive, auto-deleted queue bound to one routing key, to observe what is published.
 pub struct BusTap {
     _connection: Connection,
-    pub channel: Channel,
+    _channel: Channel,
     consumer: Consumer,
 }
 
@@ -258,7 +266,7 @@ impl BusTap {
             .expect("consuming");
         Self {
             _connection: connection,
-            channel,
+            _channel: channel,
             consumer,
         }
     }
@@ -305,7 +313,6 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 #[serde(rename_all = "camelCase")]
 pub struct Fixture {
     pub name: String,
-    pub kind: String,
     pub signed_url: String,
     pub public_base_url: String,
     pub path_and_query: String,

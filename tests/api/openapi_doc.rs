@@ -8,13 +8,19 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn committed_openapi_document_matches_the_generated_one() {
     let app = spawn_app(None, &[]).await;
-    let served: Value = app.get("/api-docs/openapi.json").await.json().await.unwrap();
+    let served: Value = app
+        .get("/api-docs/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
     let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
     if std::env::var("UPDATE_OPENAPI").as_deref() == Ok("1") {
         std::fs::write(path, &pretty).unwrap();
     }
-    let committed = std::fs::read_to_string(path).expect("openapi/openapi.json exists (UPDATE_OPENAPI=1 creates it)");
+    let committed = std::fs::read_to_string(path)
+        .expect("openapi/openapi.json exists (UPDATE_OPENAPI=1 creates it)");
     assert_eq!(
         serde_json::from_str::<Value>(&committed).unwrap(),
         served,
@@ -25,12 +31,25 @@ async fn committed_openapi_document_matches_the_generated_one() {
 #[tokio::test]
 async fn every_route_is_documented_with_examples_for_webhooks() {
     let app = spawn_app(None, &[]).await;
-    let doc: Value = app.get("/api-docs/openapi.json").await.json().await.unwrap();
-    for path in ["/webhooks/twilio/sms", "/healthz", "/livez", "/readyz", "/metrics", "/_debug/twilio"] {
+    let doc: Value = app
+        .get("/api-docs/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    for path in [
+        "/webhooks/twilio/sms",
+        "/healthz",
+        "/livez",
+        "/readyz",
+        "/metrics",
+        "/_debug/twilio",
+    ] {
         assert!(doc["paths"][path].is_object(), "{path} is not documented");
     }
     let sms = &doc["paths"]["/webhooks/twilio/sms"]["post"];
-    let schema_ref = sms["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]["$ref"]
+    let schema_ref = sms["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+        ["$ref"]
         .as_str()
         .expect("form schema");
     let name = schema_ref.rsplit('/').next().unwrap();

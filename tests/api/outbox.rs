@@ -26,7 +26,11 @@ struct BrokerProxy {
 impl BrokerProxy {
     /// Reserves a port with nothing listening on it yet.
     fn unstarted() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         Self {
             port,
             accept_loop: None,
@@ -39,7 +43,9 @@ impl BrokerProxy {
     }
 
     async fn start(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("proxy port free");
+        let listener = TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("proxy port free");
         let connections = self.connections.clone();
         self.accept_loop = Some(tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
@@ -84,7 +90,11 @@ fn signed_sms(index: usize) -> (String, String, String) {
     ];
     let url = format!("{}/webhooks/twilio/sms", tokens.public_base_url);
     let signature = compute_signature(&tokens.primary_auth_token, &url, &params);
-    (format!("twilio:{sid}"), serde_urlencoded::to_string(&params).unwrap(), signature)
+    (
+        format!("twilio:{sid}"),
+        serde_urlencoded::to_string(&params).unwrap(),
+        signature,
+    )
 }
 
 async fn post_sms(client: &reqwest::Client, address: &str, body: &str, signature: &str) -> u16 {
@@ -104,7 +114,10 @@ async fn accept_messages(app: &TestApp, count: usize, first_index: usize) -> Vec
     let mut ids = Vec::new();
     for index in first_index..first_index + count {
         let (id, body, signature) = signed_sms(index);
-        assert_eq!(post_sms(&app.client, &app.address, &body, &signature).await, 200);
+        assert_eq!(
+            post_sms(&app.client, &app.address, &body, &signature).await,
+            200
+        );
         ids.push(id);
     }
     ids
@@ -116,11 +129,25 @@ async fn receive_ids(tap: &mut BusTap, expected: usize) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while ids.len() < expected && tokio::time::Instant::now() < deadline {
         if let Some(delivery) = tap.next(Duration::from_secs(1)).await {
-            ids.push(delivery.properties.message_id().as_ref().unwrap().to_string());
+            ids.push(
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .unwrap()
+                    .to_string(),
+            );
         }
     }
     for delivery in tap.collect_until_quiet(Duration::from_secs(2)).await {
-        ids.push(delivery.properties.message_id().as_ref().unwrap().to_string());
+        ids.push(
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string(),
+        );
     }
     ids
 }
@@ -144,14 +171,24 @@ async fn messages_accepted_while_the_broker_is_unreachable_arrive_exactly_once_i
     assert_eq!(app.get("/readyz").await.status(), 503);
 
     let accepted = accept_messages(&app, 20, 0).await;
-    assert_eq!(outbox_files(&app.outbox_dir), 20, "every accepted event is on disk");
+    assert_eq!(
+        outbox_files(&app.outbox_dir),
+        20,
+        "every accepted event is on disk"
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(metrics.contains("ingress_egress_outbox_depth 20"), "{metrics}");
+    assert!(
+        metrics.contains("ingress_egress_outbox_depth 20"),
+        "{metrics}"
+    );
 
     let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
     proxy.start().await;
     let received = receive_ids(&mut tap, accepted.len()).await;
-    assert_eq!(received, accepted, "each accepted message once, in acceptance order");
+    assert_eq!(
+        received, accepted,
+        "each accepted message once, in acceptance order"
+    );
     app.wait_ready(Duration::from_secs(10)).await;
     assert_eq!(outbox_files(&app.outbox_dir), 0);
 }
@@ -161,7 +198,11 @@ async fn a_broker_lost_mid_stream_loses_nothing() {
     let amqp = require_broker!();
     let mut proxy = BrokerProxy::unstarted();
     proxy.start().await;
-    let app = spawn_app_not_ready(Some(&proxy.url()), &[("PUBLISH_CONFIRM_TIMEOUT_MS", "1000")]).await;
+    let app = spawn_app_not_ready(
+        Some(&proxy.url()),
+        &[("PUBLISH_CONFIRM_TIMEOUT_MS", "1000")],
+    )
+    .await;
     app.wait_ready(Duration::from_secs(15)).await;
     let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
 
@@ -175,8 +216,15 @@ async fn a_broker_lost_mid_stream_loses_nothing() {
     // A publish whose confirm was lost in the cut may arrive twice, with the same message_id
     // (at least once, duplicates marked): dedupe by message_id, then nothing is missing.
     let unique: BTreeSet<&String> = received.iter().collect();
-    assert_eq!(unique, accepted.iter().collect::<BTreeSet<_>>(), "every accepted message arrives");
-    assert!(received.len() <= accepted.len() + 1, "at most the in-flight publish repeats: {received:#?}");
+    assert_eq!(
+        unique,
+        accepted.iter().collect::<BTreeSet<_>>(),
+        "every accepted message arrives"
+    );
+    assert!(
+        received.len() <= accepted.len() + 1,
+        "at most the in-flight publish repeats: {received:#?}"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +234,11 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     let unreachable = BrokerProxy::unstarted();
     let mut vars = crate::helpers::base_vars(Some(&unreachable.url()));
     vars.insert("OUTBOX_DIR".into(), outbox.path().display().to_string());
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     vars.insert("PORT".into(), port.to_string());
     let address = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
@@ -202,7 +254,12 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     };
     let wait_healthy = |client: reqwest::Client, address: String| async move {
         for _ in 0..200 {
-            if client.get(format!("{address}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+            if client
+                .get(format!("{address}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

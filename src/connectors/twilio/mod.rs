@@ -1,9 +1,15 @@
 //! The Twilio connector: webhooks in (SMS/MMS/WhatsApp, Conversations, status callbacks) and
 //! REST sends out.
 
+pub mod conversations;
+pub mod egress_sink;
+pub mod event_streams;
+pub mod participants;
+pub mod rest;
 pub mod routes;
 pub mod signature;
 pub mod sms;
+pub mod status;
 pub mod webhook;
 
 use std::sync::{Arc, Mutex};
@@ -39,6 +45,8 @@ struct Inner {
     publisher: EventPublisher,
     metrics: Metrics,
     activity: Mutex<Activity>,
+    rest: rest::TwilioRest,
+    auto_joiner: participants::AutoJoiner,
 }
 
 /// Timestamps and the last error, for the debug snapshot.
@@ -52,6 +60,7 @@ struct Activity {
 impl TwilioConnector {
     pub fn new(settings: &Settings, publisher: EventPublisher, metrics: Metrics) -> Self {
         let twilio = settings.twilio.clone();
+        let twilio_rest_settings = twilio.clone();
         let verifier = WebhookVerifier {
             validator: SignatureValidator::new(
                 twilio.auth_token.clone(),
@@ -60,6 +69,11 @@ impl TwilioConnector {
             public_base_url: settings.public_base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
         };
+        let auto_joiner = participants::AutoJoiner::new(
+            twilio.identity.clone(),
+            rest::TwilioRest::new(&twilio),
+            metrics.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 settings: twilio,
@@ -67,6 +81,8 @@ impl TwilioConnector {
                 publisher,
                 metrics,
                 activity: Mutex::new(Activity::default()),
+                auto_joiner,
+                rest: rest::TwilioRest::new(&twilio_rest_settings),
             }),
         }
     }
@@ -85,6 +101,16 @@ impl TwilioConnector {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// Adds the bot to Conversations it is not part of yet (auto-join).
+    pub fn auto_joiner(&self) -> &participants::AutoJoiner {
+        &self.inner.auto_joiner
+    }
+
+    /// The Twilio REST client (one pooled HTTP client for the whole connector).
+    pub fn rest(&self) -> &rest::TwilioRest {
+        &self.inner.rest
     }
 
     pub fn record_inbound(&self) {

@@ -1,0 +1,401 @@
+//! Twilio's egress sink: turns one planned part into a Twilio REST call.
+//!
+//! `CH…` targets post to the Conversations API as `TWILIO_IDENTITY`; `+E.164` and
+//! `whatsapp:+E.164` targets go through Programmable Messaging with `From` =
+//! `egress.metadata.twilio.from`, else `TWILIO_PHONE_NUMBER`, else a Messaging Service
+//! (`egress.metadata.twilio.messagingServiceSid`, else `TWILIO_MESSAGING_SERVICE_SID`), and a
+//! `StatusCallback` (`TWILIO_STATUS_CALLBACK_URL` + `correlationId=`). Twilio errors map onto
+//! the engine's retry policy: 429/5xx/network retry, other 4xx are permanent, 21610 is an
+//! opt-out.
+
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::{
+    rest::{
+        MessageSender, NewConversationMessage, NewMessage, RestError, TwilioRest, ERROR_OPTED_OUT,
+    },
+    TwilioConnector, CONNECTOR,
+};
+use crate::{
+    configuration::is_e164,
+    egress::sink::{Accepted, EgressSink, Outbound, Outcome, SendFailure},
+};
+
+/// Twilio's body limit for Messaging (and what SMS participants of a conversation receive).
+pub const MAX_BODY_CHARS: usize = 1600;
+/// Twilio accepts up to 10 `MediaUrl` per message.
+const MAX_MEDIA_URLS: usize = 10;
+
+pub struct TwilioSink {
+    connector: TwilioConnector,
+    rest: TwilioRest,
+}
+
+impl TwilioSink {
+    pub fn new(connector: TwilioConnector) -> Self {
+        let rest = connector.rest().clone();
+        Self { connector, rest }
+    }
+
+    /// Who a Messaging API send to `target` comes from.
+    pub fn sender(
+        &self,
+        target: &str,
+        egress_metadata: &Map<String, Value>,
+    ) -> Option<MessageSender> {
+        let settings = self.connector.settings();
+        let twilio = egress_metadata.get("twilio");
+        let meta = |name: &str| {
+            twilio
+                .and_then(|t| t.get(name))
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned)
+        };
+        let whatsapp = target.starts_with("whatsapp:");
+        let from = meta("from")
+            .or_else(|| settings.phone_number.clone())
+            .map(|from| {
+                if whatsapp && !from.starts_with("whatsapp:") && from.starts_with('+') {
+                    format!("whatsapp:{from}")
+                } else {
+                    from
+                }
+            });
+        from.map(MessageSender::From).or_else(|| {
+            meta("messagingServiceSid")
+                .or_else(|| settings.messaging_service_sid.clone())
+                .map(MessageSender::MessagingService)
+        })
+    }
+
+    fn status_callback(&self, part: &Outbound<'_>) -> Option<Url> {
+        let mut url = self.connector.settings().status_callback_url.clone()?;
+        url.query_pairs_mut()
+            .append_pair("correlationId", &part.correlation_id.to_string());
+        if part.part_count > 1 {
+            url.query_pairs_mut()
+                .append_pair("part", &part.part_index.to_string());
+        }
+        Some(url)
+    }
+
+    async fn send_part(&self, part: Outbound<'_>) -> Result<Accepted, SendFailure> {
+        let timer = self.connector.metrics().twilio_send_duration.start_timer();
+        let result = if is_conversation_sid(part.target) {
+            let settings = self.connector.settings();
+            let media_sid = part
+                .media
+                .iter()
+                .filter_map(|m| m.sid.as_deref())
+                .find(|sid| sid.starts_with("ME"));
+            // Conversations attach media by SID only; URL-only media travel as links.
+            let links: Vec<&str> = part
+                .media
+                .iter()
+                .filter(|m| m.sid.as_deref() != media_sid || media_sid.is_none())
+                .filter_map(|m| m.url.as_deref())
+                .collect();
+            let body = match (part.text, links.is_empty()) {
+                (text, true) => text.map(str::to_owned),
+                (Some(text), false) => Some(format!("{text}\n{}", links.join("\n"))),
+                (None, false) => Some(links.join("\n")),
+            };
+            self.rest
+                .create_conversation_message(&NewConversationMessage {
+                    conversation_sid: part.target,
+                    author: settings.identity.as_deref(),
+                    body: body.as_deref(),
+                    media_sid,
+                    idempotency_token: part.idempotency_token,
+                })
+                .await
+        } else {
+            let Some(sender) = self.sender(part.target, part.egress_metadata) else {
+                timer.stop_and_discard();
+                return Err(SendFailure {
+                    retryable: false,
+                    opted_out: false,
+                    retry_after: None,
+                    http_status: None,
+                    error_code: None,
+                    reason: "no_sender",
+                    message: "no sender: set egress.metadata.twilio.from, TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID".to_owned(),
+                });
+            };
+            let media_urls: Vec<String> = part.media.iter().filter_map(|m| m.url.clone()).collect();
+            let callback = self.status_callback(&part);
+            self.rest
+                .create_message(&NewMessage {
+                    to: part.target,
+                    sender: &sender,
+                    body: part.text,
+                    media_urls: &media_urls,
+                    status_callback: callback.as_ref(),
+                    idempotency_token: part.idempotency_token,
+                })
+                .await
+        };
+        timer.observe_duration();
+        match result {
+            Ok(created) => {
+                self.connector.record_outbound();
+                Ok(Accepted {
+                    provider_sid: Some(created.sid).filter(|s| !s.is_empty()),
+                    provider_segments: created.num_segments,
+                })
+            }
+            Err(error) => {
+                self.connector
+                    .record_error(format!("REST send failed: {error}"));
+                Err(failure(error))
+            }
+        }
+    }
+}
+
+fn failure(error: RestError) -> SendFailure {
+    let reason = match &error {
+        RestError::NotConfigured(_) => "not_configured",
+        _ => "provider_rejected",
+    };
+    SendFailure {
+        retryable: error.is_retryable(),
+        opted_out: error.error_code() == Some(ERROR_OPTED_OUT),
+        retry_after: error.retry_after(),
+        http_status: error.http_status(),
+        error_code: error.error_code(),
+        reason,
+        message: error.to_string(),
+    }
+}
+
+/// `CH` followed by 32 hexadecimal characters.
+pub fn is_conversation_sid(target: &str) -> bool {
+    target.len() == 34
+        && target.starts_with("CH")
+        && target[2..].chars().all(|c| c.is_ascii_hexdigit())
+}
+
+impl EgressSink for TwilioSink {
+    fn connector(&self) -> &'static str {
+        CONNECTOR
+    }
+
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        let phone = target.strip_prefix("whatsapp:").unwrap_or(target);
+        if is_conversation_sid(target) || is_e164(phone) {
+            Ok(())
+        } else {
+            Err(
+                "target is neither a Conversation SID (CH…), an E.164 number (+…) nor whatsapp:+…"
+                    .to_owned(),
+            )
+        }
+    }
+
+    fn max_text_units(&self, _target: &str) -> usize {
+        MAX_BODY_CHARS
+    }
+
+    fn max_media_per_part(&self, target: &str) -> usize {
+        if is_conversation_sid(target) {
+            1
+        } else {
+            MAX_MEDIA_URLS
+        }
+    }
+
+    fn sender_key(&self, target: &str, egress_metadata: &Map<String, Value>) -> String {
+        if is_conversation_sid(target) {
+            let identity = self.connector.settings().identity.as_deref().unwrap_or("-");
+            return format!("conversations:{identity}");
+        }
+        match self.sender(target, egress_metadata) {
+            Some(MessageSender::From(from)) => format!("from:{from}"),
+            Some(MessageSender::MessagingService(sid)) => format!("service:{sid}"),
+            None => "none".to_owned(),
+        }
+    }
+
+    fn send<'a>(
+        &'a self,
+        part: Outbound<'a>,
+    ) -> impl std::future::Future<Output = Result<Accepted, SendFailure>> + Send + 'a {
+        self.send_part(part)
+    }
+
+    fn observe(&self, outcome: Outcome, error_code: Option<u32>) {
+        let code = error_code.map(|c| c.to_string()).unwrap_or_default();
+        self.connector
+            .metrics()
+            .twilio_sends
+            .with_label_values(&[outcome.as_str(), code.as_str()])
+            .inc();
+    }
+}
+
+/// The egress engine's settings for Twilio (`TWILIO_MAX_SEND_ATTEMPTS`, `TWILIO_MAX_SEND_RATE`).
+pub fn engine_config(
+    settings: &crate::configuration::TwilioSettings,
+) -> crate::egress::EngineConfig {
+    crate::egress::EngineConfig {
+        max_attempts: settings.max_send_attempts,
+        max_send_rate: settings.max_send_rate,
+        ..crate::egress::EngineConfig::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        bus::{memory::MemoryBus, Bus},
+        configuration::Settings,
+        metrics::Metrics,
+        outbox::Outbox,
+        publisher::EventPublisher,
+    };
+
+    fn make_sink(vars: &[(&str, &str)]) -> (TwilioSink, tempfile::TempDir) {
+        let settings = Settings::from_vars(
+            vars.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain([(
+                    "TWILIO_ACCOUNT_SID".to_owned(),
+                    "AC00000000000000000000000000000001".to_owned(),
+                )]),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let publisher = EventPublisher::new(
+            Bus::Memory(MemoryBus::new(String::new())),
+            Outbox::open(dir.path()).unwrap(),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            Metrics::new(),
+        );
+        let connector = TwilioConnector::new(&settings, publisher, Metrics::new());
+        (TwilioSink::new(connector), dir)
+    }
+
+    fn metadata(value: serde_json::Value) -> Map<String, Value> {
+        value.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn targets() {
+        let (sink, _dir) = make_sink(&[]);
+        assert!(sink.check_target("+14155550100").is_ok());
+        assert!(sink.check_target("whatsapp:+14155550100").is_ok());
+        assert!(sink
+            .check_target("CH0123456789abcdef0123456789abcdef")
+            .is_ok());
+        for bad in ["", "14155550100", "CH123", "whatsapp:foo", "sms:+1415555"] {
+            assert!(sink.check_target(bad).is_err(), "{bad}");
+        }
+        assert_eq!(sink.max_media_per_part("+14155550100"), 10);
+        assert_eq!(
+            sink.max_media_per_part("CH0123456789abcdef0123456789abcdef"),
+            1
+        );
+    }
+
+    #[test]
+    fn the_sender_comes_from_the_event_then_the_configuration() {
+        let (sink, _dir) = make_sink(&[
+            ("TWILIO_PHONE_NUMBER", "+15005550006"),
+            (
+                "TWILIO_MESSAGING_SERVICE_SID",
+                "MG00000000000000000000000000000001",
+            ),
+        ]);
+        let from_event = metadata(json!({"twilio": {"from": "+15005550009"}}));
+        assert_eq!(
+            sink.sender("+14155550100", &from_event),
+            Some(MessageSender::From("+15005550009".into()))
+        );
+        assert_eq!(
+            sink.sender("+14155550100", &Map::new()),
+            Some(MessageSender::From("+15005550006".into()))
+        );
+        assert_eq!(
+            sink.sender("whatsapp:+14155550100", &Map::new()),
+            Some(MessageSender::From("whatsapp:+15005550006".into()))
+        );
+
+        let (service_only, _dir) = sink_with_service();
+        assert_eq!(
+            service_only.sender("+14155550100", &Map::new()),
+            Some(MessageSender::MessagingService(
+                "MG00000000000000000000000000000001".into()
+            ))
+        );
+        let (nothing, _dir) = make_sink(&[]);
+        assert_eq!(nothing.sender("+14155550100", &Map::new()), None);
+        assert_eq!(nothing.sender_key("+14155550100", &Map::new()), "none");
+    }
+
+    fn sink_with_service() -> (TwilioSink, tempfile::TempDir) {
+        make_sink(&[(
+            "TWILIO_MESSAGING_SERVICE_SID",
+            "MG00000000000000000000000000000001",
+        )])
+    }
+
+    #[test]
+    fn the_status_callback_carries_the_correlation_id() {
+        let (sink, _dir) = make_sink(&[(
+            "TWILIO_STATUS_CALLBACK_URL",
+            "https://hooks.example.com/webhooks/twilio/status?tenant=a",
+        )]);
+        let metadata = Map::new();
+        let id = uuid::Uuid::new_v4();
+        let part = Outbound {
+            correlation_id: id,
+            target: "+14155550100",
+            egress_metadata: &metadata,
+            text: Some("hi"),
+            media: &[],
+            part_index: 1,
+            part_count: 2,
+            idempotency_token: "t",
+        };
+        let url = sink.status_callback(&part).unwrap();
+        assert_eq!(
+            url.as_str(),
+            format!(
+                "https://hooks.example.com/webhooks/twilio/status?tenant=a&correlationId={id}&part=1"
+            )
+        );
+    }
+
+    #[test]
+    fn opted_out_and_retryable_errors_map_onto_the_policy() {
+        let opted_out = failure(RestError::Http {
+            status: 400,
+            code: Some(21610),
+            message: "unsubscribed".into(),
+            retry_after: None,
+        });
+        assert!(opted_out.opted_out && !opted_out.retryable);
+        let limited = failure(RestError::Http {
+            status: 429,
+            code: Some(20429),
+            message: "slow down".into(),
+            retry_after: Some(Duration::from_secs(2)),
+        });
+        assert!(limited.retryable && !limited.opted_out);
+        assert_eq!(limited.retry_after, Some(Duration::from_secs(2)));
+        assert_eq!(
+            failure(RestError::NotConfigured("x")).reason,
+            "not_configured"
+        );
+    }
+}

@@ -1,0 +1,340 @@
+//! Twilio Event Streams webhook sink: a JSON array of CloudEvents, signed through the URL's
+//! `bodySHA256` parameter.
+//!
+//! - `com.twilio.messaging.inbound-message.received` → the same envelope as the SMS webhook
+//!   (built by [`super::sms::inbound_message_envelope`]).
+//! - `com.twilio.conversations.message.added` → the same envelope as `onMessageAdded` (built
+//!   by [`super::conversations::message_added_envelope`]); the bot's own messages are skipped.
+//! - any other type: acknowledged, counted in `ignored_events_total`, not published.
+//!
+//! Each event's `data` is turned into the form parameters Twilio's webhooks carry, so both
+//! paths share one envelope builder, and the same message arriving through the webhook and
+//! through Event Streams has the same bus `message_id` (published once).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+
+use super::{
+    conversations,
+    routes::{publish_envelope, Outcome},
+    sms,
+    webhook::FormParams,
+    TwilioConnector,
+};
+use crate::{error::ApiError, publisher::Delivery};
+
+pub const INBOUND_MESSAGE_RECEIVED: &str = "com.twilio.messaging.inbound-message.received";
+pub const CONVERSATION_MESSAGE_ADDED: &str = "com.twilio.conversations.message.added";
+
+/// The most events one request may carry (Twilio batches far fewer).
+const MAX_EVENTS: usize = 1000;
+
+/// One CloudEvent as Twilio Event Streams delivers it (documentation of the body, which is a
+/// JSON array of these).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({
+    "specversion": "1.0",
+    "type": "com.twilio.messaging.inbound-message.received",
+    "source": "/2010-04-01/Accounts/AC00000000000000000000000000000001/Messages/SM0beb93633d34954fb43920c1e22b83fc.json",
+    "id": "EZ0beb93633d34954fb43920c1e22b83fc",
+    "dataschema": "https://events-schemas.twilio.com/Messaging.InboundMessageV1/6",
+    "datacontenttype": "application/json",
+    "time": "2024-05-14T09:40:00.000Z",
+    "data": {
+        "messageSid": "SM0beb93633d34954fb43920c1e22b83fc",
+        "accountSid": "AC00000000000000000000000000000001",
+        "from": "+14155550100",
+        "to": "+15005550006",
+        "body": "Event Streams says hi",
+        "numMedia": 0,
+        "numSegments": 1,
+        "messagingServiceSid": "MG00000000000000000000000000000001"
+    }
+}))]
+pub struct TwilioCloudEvent {
+    pub specversion: String,
+    /// `com.twilio.messaging.inbound-message.received`, `com.twilio.conversations.message.added`
+    /// (published); anything else is acknowledged and ignored.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub source: String,
+    pub id: String,
+    pub dataschema: Option<String>,
+    pub datacontenttype: Option<String>,
+    pub time: Option<String>,
+    #[schema(value_type = Object)]
+    pub data: Value,
+}
+
+/// Handles one verified Event Streams delivery.
+pub(crate) async fn handle_batch(
+    twilio: &TwilioConnector,
+    body: &[u8],
+) -> Result<Outcome, ApiError> {
+    let events = parse_batch(body)?;
+    let received_at = Utc::now();
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in &events {
+        outcomes.push(handle_one(twilio, event, received_at).await?);
+    }
+    Ok(summarise(&outcomes))
+}
+
+/// The body as a list of CloudEvent objects (a single object is taken as a batch of one).
+pub fn parse_batch(body: &[u8]) -> Result<Vec<Map<String, Value>>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    let items = match value {
+        Value::Array(items) => items,
+        object @ Value::Object(_) => vec![object],
+        _ => {
+            return Err(ApiError::BadRequest(
+                "expected a JSON array of CloudEvents".to_owned(),
+            ))
+        }
+    };
+    if items.len() > MAX_EVENTS {
+        return Err(ApiError::BadRequest(format!(
+            "{} events exceed the maximum of {MAX_EVENTS} per request",
+            items.len()
+        )));
+    }
+    items
+        .into_iter()
+        .map(|item| match item {
+            Value::Object(event) => Ok(event),
+            _ => Err(ApiError::BadRequest(
+                "every CloudEvent must be a JSON object".to_owned(),
+            )),
+        })
+        .collect()
+}
+
+async fn handle_one(
+    twilio: &TwilioConnector,
+    event: &Map<String, Value>,
+    received_at: DateTime<Utc>,
+) -> Result<Outcome, ApiError> {
+    let event_type = event.get("type").and_then(Value::as_str).unwrap_or("");
+    let data = event.get("data").and_then(Value::as_object);
+    let result = match (event_type, data) {
+        (INBOUND_MESSAGE_RECEIVED, Some(data)) => {
+            let params = inbound_message_params(data);
+            match sms::inbound_message_envelope(&params, received_at) {
+                Ok(mut envelope) => {
+                    mark_via(&mut envelope.metadata, event);
+                    publish_envelope(twilio, &envelope).await
+                }
+                Err(error) => Err(error),
+            }
+        }
+        (CONVERSATION_MESSAGE_ADDED, Some(data)) => {
+            let params = conversation_message_params(data);
+            conversations::on_message_added(twilio, &params, received_at, Some(via(event))).await
+        }
+        (INBOUND_MESSAGE_RECEIVED | CONVERSATION_MESSAGE_ADDED, None) => Err(ApiError::BadRequest(
+            "CloudEvent without a data object".to_owned(),
+        )),
+        (other, _) => {
+            conversations::count_ignored(twilio, if other.is_empty() { "(none)" } else { other });
+            tracing::debug!(event_type = other, "event streams event ignored");
+            return Ok(Outcome::Ignored);
+        }
+    };
+    match result {
+        // One malformed event must not make Twilio redeliver the whole batch forever:
+        // log and count it, and go on with the rest.
+        Err(ApiError::BadRequest(reason)) => {
+            let event_id = event.get("id").and_then(Value::as_str).unwrap_or("");
+            tracing::warn!(
+                event_type,
+                event_id,
+                %reason,
+                "malformed event streams event skipped"
+            );
+            conversations::count_ignored(twilio, &format!("{event_type}.malformed"));
+            Ok(Outcome::Ignored)
+        }
+        other => other,
+    }
+}
+
+/// `metadata.twilio` additions naming the CloudEvent an envelope came from.
+fn via(event: &Map<String, Value>) -> Map<String, Value> {
+    let mut extra = Map::new();
+    extra.insert("via".into(), "event_streams".into());
+    for (field, key) in [("id", "cloudEventId"), ("type", "cloudEventType")] {
+        if let Some(value) = event.get(field).and_then(Value::as_str) {
+            extra.insert(key.into(), value.into());
+        }
+    }
+    extra
+}
+
+fn mark_via(metadata: &mut Option<Map<String, Value>>, event: &Map<String, Value>) {
+    if let Some(Value::Object(twilio)) = metadata.as_mut().and_then(|m| m.get_mut("twilio")) {
+        twilio.extend(via(event));
+    }
+}
+
+/// One webhook-style parameter from a JSON value (`None` for null).
+fn param_value(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        Value::String(text) => Some(text.clone()),
+        Value::Bool(_) | Value::Number(_) => Some(value.to_string()),
+        Value::Array(_) | Value::Object(_) => Some(value.to_string()),
+    }
+}
+
+/// `messageSid` → `MessageSid`: the Messaging webhook's parameter names.
+fn pascal_case(name: &str) -> String {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// `Messaging.InboundMessageV1` data → the parameters of the inbound SMS webhook.
+pub fn inbound_message_params(data: &Map<String, Value>) -> FormParams {
+    let mut params = Vec::with_capacity(data.len());
+    for (key, value) in data {
+        match (key.as_str(), value) {
+            // Media lists, should Twilio send them as arrays: MediaUrl0…, MediaContentType0…
+            ("mediaUrls" | "mediaContentTypes", Value::Array(items)) => {
+                let prefix = if key == "mediaUrls" {
+                    "MediaUrl"
+                } else {
+                    "MediaContentType"
+                };
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(text) = param_value(item) {
+                        params.push((format!("{prefix}{i}"), text));
+                    }
+                }
+            }
+            _ => {
+                if let Some(text) = param_value(value) {
+                    params.push((pascal_case(key), text));
+                }
+            }
+        }
+    }
+    FormParams(params)
+}
+
+/// `Conversations.MessageAdded` data → the parameters of the `onMessageAdded` webhook.
+pub fn conversation_message_params(data: &Map<String, Value>) -> FormParams {
+    let mut params = vec![("EventType".to_owned(), "onMessageAdded".to_owned())];
+    let has_body = data.contains_key("Body") || data.contains_key("body");
+    for (key, value) in data {
+        let name = match key.as_str() {
+            "MessageBody" | "messageBody" if !has_body => "Body".to_owned(),
+            _ => pascal_case(key),
+        };
+        if let Some(text) = param_value(value) {
+            params.push((name, text));
+        }
+    }
+    FormParams(params)
+}
+
+/// One outcome for the whole batch, for the response metrics.
+fn summarise(outcomes: &[Outcome]) -> Outcome {
+    let has = |wanted: Delivery| {
+        outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Delivered(d) if *d == wanted))
+    };
+    for delivery in [Delivery::Published, Delivery::Outboxed, Delivery::Duplicate] {
+        if has(delivery) {
+            return Outcome::Delivered(delivery);
+        }
+    }
+    Outcome::Ignored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn inbound_message_data_becomes_the_sms_webhook_envelope() {
+        let data = json!({
+            "messageSid": "SM1", "accountSid": "AC1", "from": "+14155550100",
+            "to": "+15005550006", "numMedia": 0, "body": "hi 👋", "fromCountry": "US",
+            "messagingServiceSid": "MG1", "numSegments": 1, "nothing": null
+        });
+        let params = inbound_message_params(data.as_object().unwrap());
+        assert_eq!(params.get("MessageSid"), Some("SM1"));
+        assert_eq!(params.get("NumMedia"), Some("0"));
+        assert_eq!(params.get("Nothing"), None);
+        let via_es = sms::inbound_message_envelope(&params, Utc::now()).unwrap();
+        let form = FormParams(vec![
+            ("MessageSid".into(), "SM1".into()),
+            ("AccountSid".into(), "AC1".into()),
+            ("From".into(), "+14155550100".into()),
+            ("To".into(), "+15005550006".into()),
+            ("NumMedia".into(), "0".into()),
+            ("Body".into(), "hi 👋".into()),
+            ("FromCountry".into(), "US".into()),
+            ("MessagingServiceSid".into(), "MG1".into()),
+            ("NumSegments".into(), "1".into()),
+        ]);
+        let via_form = sms::inbound_message_envelope(&form, via_es.ingress.ingress_at).unwrap();
+        assert_eq!(via_es.correlation_id, via_form.correlation_id);
+        assert_eq!(via_es.identity, via_form.identity);
+        assert_eq!(via_es.egress, via_form.egress);
+        assert_eq!(via_es.ingress, via_form.ingress);
+        assert_eq!(
+            via_es.message.as_ref().unwrap().text,
+            via_form.message.as_ref().unwrap().text
+        );
+    }
+
+    #[test]
+    fn media_arrays_become_numbered_parameters() {
+        let data = json!({"mediaUrls": ["https://x/ME1"], "mediaContentTypes": ["image/png"]});
+        let params = inbound_message_params(data.as_object().unwrap());
+        assert_eq!(params.get("MediaUrl0"), Some("https://x/ME1"));
+        assert_eq!(params.get("MediaContentType0"), Some("image/png"));
+    }
+
+    #[test]
+    fn conversation_message_data_becomes_on_message_added() {
+        let data = json!({
+            "AccountSid": "AC1", "Author": "+14155550100", "ParticipantSid": "MB1",
+            "ConversationSid": "CH1", "MessageSid": "IM1", "Index": 7,
+            "MessageBody": "refund?", "Attributes": {"a": 1},
+            "Media": [{"Sid": "ME1", "ContentType": "image/png", "Size": 3}]
+        });
+        let params = conversation_message_params(data.as_object().unwrap());
+        assert_eq!(params.get("Body"), Some("refund?"));
+        assert_eq!(params.get("Index"), Some("7"));
+        assert_eq!(params.get("Attributes"), Some(r#"{"a":1}"#));
+        let envelope = conversations::message_added_envelope(&params, Utc::now()).unwrap();
+        let json = serde_json::to_value(&envelope).unwrap();
+        assert_eq!(json["ingress"]["channel"], "CH1");
+        assert_eq!(json["message"]["text"], "refund?");
+        assert_eq!(json["message"]["media"][0]["sid"], "ME1");
+        assert_eq!(json["metadata"]["twilio"]["index"], 7);
+        assert_eq!(json["metadata"]["twilio"]["attributes"]["a"], 1);
+        assert_eq!(
+            json["identity"]["external"]["metadata"]["channelType"],
+            "mms"
+        );
+    }
+
+    #[test]
+    fn batches_must_be_json_arrays_of_objects() {
+        assert_eq!(parse_batch(b"[]").unwrap().len(), 0);
+        assert_eq!(parse_batch(br#"{"type":"x"}"#).unwrap().len(), 1);
+        assert!(parse_batch(b"not json").is_err());
+        assert!(parse_batch(b"[1,2]").is_err());
+        assert!(parse_batch(b"\"x\"").is_err());
+    }
+}

@@ -1,0 +1,231 @@
+//! Auto-join: adds the bot (`TWILIO_IDENTITY`) to Conversations it is not yet part of, so it can
+//! post replies as itself.
+//!
+//! Webhooks never wait for Twilio's REST API: [`AutoJoiner::ensure_joined`] starts a background
+//! task and returns. The task retries failures with exponential backoff and jitter (honouring
+//! `Retry-After`), so a failure is neither lost nor fails the webhook. "Already a participant"
+//! (HTTP 409 / Twilio error 50433) counts as success. Successful joins are remembered, and at
+//! most one task runs per conversation, so the bot is added to a conversation exactly once per
+//! process however many webhooks announce it.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use moka::sync::Cache;
+
+use super::rest::{ParticipantAdded, TwilioRest};
+use crate::{backoff::Backoff, metrics::Metrics};
+
+/// How the join requests are retried.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    pub base: Duration,
+    pub max: Duration,
+    /// Attempts for transient failures (network, 429, 5xx).
+    pub max_attempts: u32,
+    /// Attempts for other failures (4xx), which rarely heal by themselves.
+    pub max_permanent_attempts: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+            max_attempts: 20,
+            max_permanent_attempts: 3,
+        }
+    }
+}
+
+/// Keeps the bot a participant of every conversation Twilio tells us about.
+#[derive(Clone)]
+pub struct AutoJoiner {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    identity: Option<String>,
+    rest: TwilioRest,
+    policy: RetryPolicy,
+    /// Conversations the bot is known to be part of.
+    joined: Cache<String, ()>,
+    /// Conversations a join task is running for.
+    pending: Mutex<HashSet<String>>,
+    metrics: Metrics,
+}
+
+impl AutoJoiner {
+    /// `identity` is `TWILIO_IDENTITY` (`None` disables auto-join).
+    pub fn new(identity: Option<String>, rest: TwilioRest, metrics: Metrics) -> Self {
+        Self::with_policy(identity, rest, metrics, RetryPolicy::default())
+    }
+
+    pub fn with_policy(
+        identity: Option<String>,
+        rest: TwilioRest,
+        metrics: Metrics,
+        policy: RetryPolicy,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                identity,
+                rest,
+                policy,
+                joined: Cache::builder().max_capacity(500_000).build(),
+                pending: Mutex::new(HashSet::new()),
+                metrics,
+            }),
+        }
+    }
+
+    /// The bot's identity; `None` disables auto-join.
+    pub fn identity(&self) -> Option<&str> {
+        self.inner.identity.as_deref()
+    }
+
+    /// Whether the bot is known to be a participant of `conversation_sid`.
+    pub fn is_joined(&self, conversation_sid: &str) -> bool {
+        self.inner.joined.contains_key(conversation_sid)
+    }
+
+    /// Records that the bot is a participant (it was added, or it posted there).
+    pub fn mark_joined(&self, conversation_sid: &str) {
+        self.inner.joined.insert(conversation_sid.to_owned(), ());
+    }
+
+    /// Makes sure the bot joins `conversation_sid`: returns at once; a background task adds it
+    /// unless it is known to be there or a task for it is already running.
+    pub fn ensure_joined(&self, conversation_sid: &str) {
+        let Some(identity) = self.inner.identity.clone() else {
+            return;
+        };
+        {
+            let mut pending = self.inner.pending.lock().expect("poisoned");
+            if self.is_joined(conversation_sid) || !pending.insert(conversation_sid.to_owned()) {
+                return;
+            }
+        }
+        let joiner = self.clone();
+        let conversation_sid = conversation_sid.to_owned();
+        tokio::spawn(async move {
+            joiner.join_with_retries(&conversation_sid, &identity).await;
+            joiner
+                .inner
+                .pending
+                .lock()
+                .expect("poisoned")
+                .remove(&conversation_sid);
+        });
+    }
+
+    fn count(&self, outcome: &str) {
+        self.inner
+            .metrics
+            .conversation_joins
+            .with_label_values(&[outcome])
+            .inc();
+    }
+
+    async fn join_with_retries(&self, conversation_sid: &str, identity: &str) {
+        let policy = &self.inner.policy;
+        let mut backoff = Backoff::new(policy.base, policy.max);
+        let mut permanent_failures = 0u32;
+        for attempt in 1..=policy.max_attempts {
+            let result = self
+                .inner
+                .rest
+                .add_participant(conversation_sid, identity)
+                .await;
+            let (reason, retry_after) = match result {
+                Ok(added) => {
+                    // Remembered before the task leaves `pending`: no window for a second join.
+                    self.mark_joined(conversation_sid);
+                    let outcome = match added {
+                        ParticipantAdded::Added { .. } => "joined",
+                        ParticipantAdded::AlreadyParticipant => "already_participant",
+                    };
+                    self.count(outcome);
+                    tracing::info!(conversation_sid, attempt, outcome, "bot is a participant");
+                    return;
+                }
+                Err(error) if error.is_retryable() => (error.to_string(), error.retry_after()),
+                Err(error) => {
+                    permanent_failures += 1;
+                    if permanent_failures >= policy.max_permanent_attempts {
+                        self.give_up(conversation_sid, attempt, &error.to_string());
+                        return;
+                    }
+                    (error.to_string(), None)
+                }
+            };
+            if attempt == policy.max_attempts {
+                self.give_up(conversation_sid, attempt, &reason);
+                return;
+            }
+            let delay = retry_after
+                .map(|after| after.min(policy.max))
+                .unwrap_or_else(|| backoff.next_delay());
+            self.count("retried");
+            tracing::warn!(conversation_sid, attempt, %reason, ?delay, "joining the conversation failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    fn give_up(&self, conversation_sid: &str, attempts: u32, reason: &str) {
+        self.count("gave_up");
+        tracing::error!(
+            conversation_sid,
+            attempts,
+            reason,
+            "could not add the bot to the conversation; giving up until Twilio announces it again"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::Settings;
+
+    fn joiner(identity: Option<&str>) -> AutoJoiner {
+        let mut vars = vec![("TWILIO_CONVERSATIONS_BASE_URL", "http://127.0.0.1:9")];
+        if let Some(identity) = identity {
+            vars.push(("TWILIO_IDENTITY", identity));
+        }
+        let settings = Settings::from_vars(vars).unwrap();
+        AutoJoiner::new(
+            settings.twilio.identity.clone(),
+            TwilioRest::new(&settings.twilio),
+            Metrics::new(),
+        )
+    }
+
+    fn pending(joiner: &AutoJoiner) -> usize {
+        joiner.inner.pending.lock().unwrap().len()
+    }
+
+    #[tokio::test]
+    async fn no_identity_means_no_join() {
+        let joiner = joiner(None);
+        joiner.ensure_joined("CH1");
+        assert_eq!(pending(&joiner), 0);
+    }
+
+    #[tokio::test]
+    async fn known_conversations_are_not_joined_again_and_one_task_runs_per_conversation() {
+        let joiner = joiner(Some("bot"));
+        joiner.mark_joined("CH1");
+        joiner.ensure_joined("CH1");
+        assert_eq!(pending(&joiner), 0);
+        assert!(joiner.is_joined("CH1"));
+
+        joiner.ensure_joined("CH2");
+        joiner.ensure_joined("CH2");
+        assert_eq!(pending(&joiner), 1);
+        assert!(!joiner.is_joined("CH2"));
+    }
+}

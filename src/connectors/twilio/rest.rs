@@ -1,0 +1,464 @@
+//! Twilio REST client: Programmable Messaging (`Messages.json`), Conversations messages and
+//! Conversations participants.
+//!
+//! One pooled [`reqwest::Client`] with connect and request timeouts serves every call. Requests
+//! authenticate with HTTP Basic: `TWILIO_API_KEY`/`TWILIO_API_SECRET` when configured, else the
+//! account SID and auth token. Sends carry an `I-Twilio-Idempotency-Token` chosen by the caller,
+//! so retrying the same logical request never makes Twilio create a second resource.
+//!
+//! Errors keep what the retry policy needs ([`RestError::is_retryable`], `Retry-After`, the
+//! Twilio error code) and never include credentials or message bodies.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::Url;
+
+use crate::configuration::TwilioSettings;
+
+/// The header Twilio uses to deduplicate retried requests.
+pub const IDEMPOTENCY_HEADER: &str = "I-Twilio-Idempotency-Token";
+/// Twilio's "too many requests" error code (sent with HTTP 429).
+pub const ERROR_TOO_MANY_REQUESTS: u32 = 20429;
+/// The recipient replied STOP: Twilio refuses to message them.
+pub const ERROR_OPTED_OUT: u32 = 21610;
+/// Conversations: the identity is already a participant of the conversation.
+pub const ERROR_ALREADY_PARTICIPANT: u32 = 50433;
+
+/// How long establishing a TCP/TLS connection to Twilio may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `Retry-After` we accept; longer values are clamped.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Who a Programmable Messaging message is sent from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MessageSender {
+    /// `From`: a phone number (`+E.164`), `whatsapp:+E.164`, or another Twilio sender id.
+    From(String),
+    /// `MessagingServiceSid` (`MG…`): Twilio picks the number from the service's pool.
+    MessagingService(String),
+}
+
+/// `POST /2010-04-01/Accounts/{AccountSid}/Messages.json`.
+#[derive(Clone, Debug)]
+pub struct NewMessage<'a> {
+    pub to: &'a str,
+    pub sender: &'a MessageSender,
+    pub body: Option<&'a str>,
+    pub media_urls: &'a [String],
+    pub status_callback: Option<&'a Url>,
+    pub idempotency_token: &'a str,
+}
+
+/// `POST /v1/Conversations/{ConversationSid}/Messages`.
+#[derive(Clone, Debug)]
+pub struct NewConversationMessage<'a> {
+    pub conversation_sid: &'a str,
+    pub author: Option<&'a str>,
+    pub body: Option<&'a str>,
+    /// A media SID (`ME…`) from Twilio's Media Content Service.
+    pub media_sid: Option<&'a str>,
+    pub idempotency_token: &'a str,
+}
+
+/// What Twilio created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Created {
+    /// `SM…`/`MM…` for messages, `IM…` for conversation messages.
+    pub sid: String,
+    /// Twilio's initial status (`queued`, `accepted`, …) when given.
+    pub status: Option<String>,
+    /// Twilio's segment count when given (Messaging only).
+    pub num_segments: Option<u32>,
+}
+
+/// Outcome of [`TwilioRest::add_participant`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ParticipantAdded {
+    /// Twilio created the participant (`MB…`).
+    Added { sid: String },
+    /// The identity already was a participant (HTTP 409 / error 50433): nothing to do.
+    AlreadyParticipant,
+}
+
+/// A failed Twilio REST call.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RestError {
+    /// Twilio answered with a non-2xx status.
+    #[error("Twilio answered HTTP {status}{}: {message}", code.map(|c| format!(" (error {c})")).unwrap_or_default())]
+    Http {
+        status: u16,
+        /// Twilio's error code from the JSON body (`code`), e.g. 21211.
+        code: Option<u32>,
+        /// Twilio's error message (never contains our credentials).
+        message: String,
+        /// `Retry-After`, when Twilio sent one.
+        retry_after: Option<Duration>,
+    },
+    /// No answer: connection refused/reset, timeout, TLS failure.
+    #[error("Twilio unreachable: {0}")]
+    Network(String),
+    /// We cannot even build the request (for example no account SID configured).
+    #[error("Twilio REST not configured: {0}")]
+    NotConfigured(&'static str),
+}
+
+impl RestError {
+    /// 429, 5xx and network failures are worth retrying; other 4xx are permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RestError::Http { status, code, .. } => {
+                *status == 429 || *status >= 500 || *code == Some(ERROR_TOO_MANY_REQUESTS)
+            }
+            RestError::Network(_) => true,
+            RestError::NotConfigured(_) => false,
+        }
+    }
+
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            RestError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn error_code(&self) -> Option<u32> {
+        match self {
+            RestError::Http { code, .. } => *code,
+            _ => None,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RestError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The Twilio REST client. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct TwilioRest {
+    http: reqwest::Client,
+    api_base_url: Url,
+    conversations_base_url: Url,
+    account_sid: Option<String>,
+    username: Option<String>,
+    password: SecretString,
+}
+
+impl std::fmt::Debug for TwilioRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioRest")
+            .field("api_base_url", &self.api_base_url.as_str())
+            .field(
+                "conversations_base_url",
+                &self.conversations_base_url.as_str(),
+            )
+            .field("account_sid", &self.account_sid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TwilioRest {
+    /// Builds the client from the Twilio settings (timeouts, base URLs, credentials).
+    pub fn new(settings: &TwilioSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT.min(settings.request_timeout))
+            .timeout(settings.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .user_agent(concat!("ingress-egress/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("static HTTP client configuration is valid");
+        let (username, password) = match (&settings.api_key, &settings.api_secret) {
+            (Some(key), Some(secret)) => (Some(key.clone()), secret.clone()),
+            _ => (settings.account_sid.clone(), settings.auth_token.clone()),
+        };
+        Self {
+            http,
+            api_base_url: settings.api_base_url.clone(),
+            conversations_base_url: settings.conversations_base_url.clone(),
+            account_sid: settings.account_sid.clone(),
+            username,
+            password,
+        }
+    }
+
+    /// Sends an SMS/MMS/WhatsApp message through Programmable Messaging.
+    pub async fn create_message(&self, message: &NewMessage<'_>) -> Result<Created, RestError> {
+        let account_sid = self
+            .account_sid
+            .as_deref()
+            .ok_or(RestError::NotConfigured("TWILIO_ACCOUNT_SID is not set"))?;
+        let url = join(
+            &self.api_base_url,
+            &["2010-04-01", "Accounts", account_sid, "Messages.json"],
+        );
+        let mut form: Vec<(&str, &str)> = vec![("To", message.to)];
+        match message.sender {
+            MessageSender::From(from) => form.push(("From", from)),
+            MessageSender::MessagingService(sid) => form.push(("MessagingServiceSid", sid)),
+        }
+        if let Some(body) = message.body {
+            form.push(("Body", body));
+        }
+        for media in message.media_urls {
+            form.push(("MediaUrl", media));
+        }
+        if let Some(callback) = message.status_callback {
+            form.push(("StatusCallback", callback.as_str()));
+        }
+        let json = self
+            .post_form(url, &form, Some(message.idempotency_token))
+            .await?;
+        Ok(created(&json))
+    }
+
+    /// Posts a message into a conversation (as `author`).
+    pub async fn create_conversation_message(
+        &self,
+        message: &NewConversationMessage<'_>,
+    ) -> Result<Created, RestError> {
+        let url = join(
+            &self.conversations_base_url,
+            &["v1", "Conversations", message.conversation_sid, "Messages"],
+        );
+        let mut form: Vec<(&str, &str)> = Vec::new();
+        if let Some(author) = message.author {
+            form.push(("Author", author));
+        }
+        if let Some(body) = message.body {
+            form.push(("Body", body));
+        }
+        if let Some(media_sid) = message.media_sid {
+            form.push(("MediaSid", media_sid));
+        }
+        let json = self
+            .post_form(url, &form, Some(message.idempotency_token))
+            .await?;
+        Ok(created(&json))
+    }
+
+    /// Adds `identity` as a chat participant of the conversation. "Already a participant"
+    /// (HTTP 409 or error 50433) counts as success.
+    pub async fn add_participant(
+        &self,
+        conversation_sid: &str,
+        identity: &str,
+    ) -> Result<ParticipantAdded, RestError> {
+        let url = join(
+            &self.conversations_base_url,
+            &["v1", "Conversations", conversation_sid, "Participants"],
+        );
+        let token = idempotency_token(&format!("participant|{conversation_sid}|{identity}"));
+        match self
+            .post_form(url, &[("Identity", identity)], Some(&token))
+            .await
+        {
+            Ok(json) => Ok(ParticipantAdded::Added {
+                sid: json
+                    .get("sid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+            }),
+            Err(RestError::Http { status, code, .. })
+                if status == 409 || code == Some(ERROR_ALREADY_PARTICIPANT) =>
+            {
+                Ok(ParticipantAdded::AlreadyParticipant)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn post_form(
+        &self,
+        url: Url,
+        form: &[(&str, &str)],
+        idempotency_token: Option<&str>,
+    ) -> Result<Value, RestError> {
+        let username = self.username.as_deref().ok_or(RestError::NotConfigured(
+            "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
+        ))?;
+        let mut request = self
+            .http
+            .post(url)
+            .basic_auth(username, Some(self.password.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form);
+        if let Some(token) = idempotency_token {
+            request = request.header(IDEMPOTENCY_HEADER, token);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| RestError::Network(describe(&e)))?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let text = response
+            .text()
+            .await
+            .map_err(|e| RestError::Network(describe(&e)))?;
+        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(json);
+        }
+        let code = json.get("code").and_then(|c| {
+            c.as_u64()
+                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+                .and_then(|c| u32::try_from(c).ok())
+        });
+        let message = json
+            .get("message")
+            .and_then(Value::as_str)
+            .map(|m| m.chars().take(300).collect())
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+        Err(RestError::Http {
+            status: status.as_u16(),
+            code,
+            message,
+            retry_after,
+        })
+    }
+}
+
+/// A deterministic idempotency token for a logical request identified by `key`.
+pub fn idempotency_token(key: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3f2a_77c1_0b8e_4d5a_a1f3_6c9e_2d40_b817);
+    uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
+}
+
+/// `Retry-After`: delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if let Ok(seconds) = value.parse::<f64>() {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return None;
+        }
+        Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64()))
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Appends path segments (percent-encoded) to a base URL that may carry a path prefix.
+fn join(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    {
+        let mut path = url
+            .path_segments_mut()
+            .expect("base URLs are http(s) URLs, which have paths");
+        path.pop_if_empty();
+        path.extend(segments);
+    }
+    url
+}
+
+fn created(json: &Value) -> Created {
+    Created {
+        sid: json
+            .get("sid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        status: json
+            .get("status")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        num_segments: json.get("num_segments").and_then(|n| {
+            n.as_u64()
+                .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+                .and_then(|n| u32::try_from(n).ok())
+        }),
+    }
+}
+
+/// A network error without the URL (which could carry a path-embedded secret in some setups).
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response body unreadable"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {detail}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_errors_are_429_5xx_and_network() {
+        let http = |status, code| RestError::Http {
+            status,
+            code,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(http(429, Some(20429)).is_retryable());
+        assert!(http(500, None).is_retryable());
+        assert!(http(503, None).is_retryable());
+        assert!(RestError::Network("reset".into()).is_retryable());
+        for code in [21211, 21610, 21614, 21408, 20003] {
+            assert!(!http(400, Some(code)).is_retryable(), "{code}");
+        }
+        assert!(!http(401, Some(20003)).is_retryable());
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn urls_keep_a_base_path_prefix() {
+        let base = Url::parse("http://127.0.0.1:9/twilio").unwrap();
+        assert_eq!(
+            join(&base, &["2010-04-01", "Accounts", "AC1", "Messages.json"]).as_str(),
+            "http://127.0.0.1:9/twilio/2010-04-01/Accounts/AC1/Messages.json"
+        );
+        let base = Url::parse("https://api.twilio.com/").unwrap();
+        assert_eq!(
+            join(&base, &["v1", "Conversations", "CH1", "Messages"]).as_str(),
+            "https://api.twilio.com/v1/Conversations/CH1/Messages"
+        );
+    }
+
+    #[test]
+    fn idempotency_tokens_are_deterministic() {
+        assert_eq!(idempotency_token("a|0"), idempotency_token("a|0"));
+        assert_ne!(idempotency_token("a|0"), idempotency_token("a|1"));
+    }
+}

@@ -1,0 +1,374 @@
+//! `architecture.yaml` and `.env.example` declare exactly the variables the code reads, every
+//! secret has its Secret Manager name (and `cloudbuild.yaml` maps it), and every documented HTTP
+//! path is declared.
+//!
+//! "The variables the code reads" are the fields of `RawSettings` in `src/configuration.rs`
+//! (envy upper-cases them), every `env::var("…")` / `env::var_os("…")` under `src/`, and
+//! `RUST_LOG` when `EnvFilter::try_from_default_env` is used.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+};
+
+use serde_yaml_ng::Value;
+
+use crate::helpers::spawn_app;
+
+/// Set by the platform (Cloud Run, the container runtime); architecture.yaml may list them
+/// under `platformEnv`, `.env.example` need not.
+const PLATFORM_VARS: &[&str] = &["K_SERVICE", "K_REVISION", "HOSTNAME"];
+/// Read by tests or scripts only, never by the service.
+const TEST_ONLY_VARS: &[&str] = &["REQUIRE_AMQP", "UPDATE_OPENAPI"];
+/// Values that must come from Secret Manager, never from plain env.
+const SECRETS: &[&str] = &[
+    "AMQP_URL",
+    "TWILIO_AUTH_TOKEN",
+    "TWILIO_SECONDARY_AUTH_TOKEN",
+    "TWILIO_API_SECRET",
+    "DEBUG_TOKEN",
+    "OPERATOR_TOKEN",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    std::fs::read_to_string(root().join(relative))
+        .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("readable dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The field names of `pub struct RawSettings { … }`, upper-cased.
+fn raw_settings_vars(source: &str) -> BTreeSet<String> {
+    let start = source
+        .find("pub struct RawSettings {")
+        .expect("src/configuration.rs defines `pub struct RawSettings {`");
+    let body = &source[start..];
+    let body = &body[body.find('{').unwrap() + 1..body.find("\n}").expect("struct ends")];
+    let vars: BTreeSet<String> = body
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with("//") && !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let name = line.split(':').next()?.trim();
+            let name = name.strip_prefix("pub ").unwrap_or(name).trim();
+            name.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                .then(|| name.to_ascii_uppercase())
+        })
+        .collect();
+    assert!(
+        vars.len() > 10,
+        "RawSettings parsed to too few fields: {vars:?}"
+    );
+    vars
+}
+
+/// String literals passed to `env::var(` / `env::var_os(`.
+fn env_var_literals(source: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for call in ["env::var(\"", "env::var_os(\""] {
+        let mut rest = source;
+        while let Some(at) = rest.find(call) {
+            rest = &rest[at + call.len()..];
+            if let Some(end) = rest.find('"') {
+                found.insert(rest[..end].to_owned());
+            }
+        }
+    }
+    found
+}
+
+/// Every variable the service reads, platform ones included, test-only ones excluded.
+fn vars_read_by_code() -> BTreeSet<String> {
+    let mut vars = raw_settings_vars(&read("src/configuration.rs"));
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut uses_rust_log = false;
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        vars.extend(env_var_literals(&source));
+        uses_rust_log |= source.contains("EnvFilter::try_from_default_env")
+            || source.contains("EnvFilter::from_default_env");
+    }
+    if uses_rust_log {
+        vars.insert("RUST_LOG".to_owned());
+    }
+    vars.retain(|v| !TEST_ONLY_VARS.contains(&v.as_str()));
+    vars
+}
+
+fn architecture() -> Value {
+    serde_yaml_ng::from_str(&read("architecture.yaml")).expect("architecture.yaml is valid YAML")
+}
+
+fn service(doc: &Value) -> &Value {
+    let services = doc["services"].as_sequence().expect("services: [...]");
+    services
+        .iter()
+        .find(|s| s["name"].as_str() == Some("ingress-egress"))
+        .expect("a service named ingress-egress")
+}
+
+fn names(list: &Value, what: &str) -> BTreeSet<String> {
+    list.as_sequence()
+        .unwrap_or_else(|| panic!("{what} is a list"))
+        .iter()
+        .map(|entry| {
+            entry["name"]
+                .as_str()
+                .unwrap_or_else(|| panic!("every {what} entry has a name: {entry:?}"))
+                .to_owned()
+        })
+        .collect()
+}
+
+/// `NAME=` at the start of a line, commented out (`# NAME=`) or not.
+fn env_example_vars() -> BTreeSet<String> {
+    read(".env.example")
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let line = line.strip_prefix('#').map(str::trim_start).unwrap_or(line);
+            let (name, _) = line.split_once('=')?;
+            (!name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                && name.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
+            .then(|| name.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_code_reads_what_the_settings_struct_says() {
+    let vars = vars_read_by_code();
+    for expected in [
+        "PORT",
+        "AMQP_URL",
+        "TWILIO_AUTH_TOKEN",
+        "K_SERVICE",
+        "RUST_LOG",
+    ] {
+        assert!(vars.contains(expected), "{expected} not found in {vars:?}");
+    }
+}
+
+#[test]
+fn architecture_yaml_declares_exactly_the_variables_the_code_reads() {
+    let doc = architecture();
+    let service = service(&doc);
+    let env = names(&service["env"], "env");
+    let secrets = names(&service["secrets"], "secrets");
+    let platform = names(&service["platformEnv"], "platformEnv");
+    let code = vars_read_by_code();
+
+    let overlap: Vec<_> = env.intersection(&secrets).collect();
+    assert!(
+        overlap.is_empty(),
+        "declared both as env and secret: {overlap:?}"
+    );
+
+    let declared: BTreeSet<String> = env.union(&secrets).cloned().collect();
+    let missing: Vec<_> = code
+        .iter()
+        .filter(|v| !PLATFORM_VARS.contains(&v.as_str()) && !declared.contains(*v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read by the code but missing from architecture.yaml: {missing:?}"
+    );
+
+    let unread: Vec<_> = declared
+        .union(&platform)
+        .filter(|v| !code.contains(*v))
+        .collect();
+    assert!(
+        unread.is_empty(),
+        "declared in architecture.yaml but never read: {unread:?}"
+    );
+    for var in &platform {
+        assert!(
+            PLATFORM_VARS.contains(&var.as_str()),
+            "{var} is not set by the platform"
+        );
+    }
+
+    for secret in SECRETS {
+        assert!(
+            secrets.contains(*secret),
+            "{secret} must be declared under secrets"
+        );
+    }
+    for entry in service["env"].as_sequence().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        assert!(
+            entry.get("default").is_some(),
+            "env {name} states its default (null when there is none)"
+        );
+        assert!(
+            entry["description"]
+                .as_str()
+                .is_some_and(|d| !d.trim().is_empty()),
+            "env {name} has a description"
+        );
+    }
+    for entry in service["secrets"].as_sequence().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let secret_name = entry["secretManager"]["name"].as_str();
+        assert!(
+            secret_name.is_some_and(|n| !n.is_empty()),
+            "secret {name} names its Secret Manager secret"
+        );
+        assert!(
+            entry["required"].as_bool().is_some(),
+            "secret {name} says whether it is required"
+        );
+        assert!(
+            entry["description"].as_str().is_some(),
+            "secret {name} has a description"
+        );
+    }
+}
+
+#[test]
+fn env_example_lists_exactly_the_variables_the_code_reads() {
+    let example = env_example_vars();
+    let code = vars_read_by_code();
+    let missing: Vec<_> = code
+        .iter()
+        .filter(|v| !PLATFORM_VARS.contains(&v.as_str()) && !example.contains(*v))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "read by the code but missing from .env.example: {missing:?}"
+    );
+    let unread: Vec<_> = example.iter().filter(|v| !code.contains(*v)).collect();
+    assert!(
+        unread.is_empty(),
+        "listed in .env.example but never read: {unread:?}"
+    );
+}
+
+#[test]
+fn cloudbuild_maps_every_secret_from_secret_manager() {
+    let doc = architecture();
+    let service = service(&doc);
+    let cloudbuild = read("cloudbuild.yaml");
+    let _: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&cloudbuild).expect("cloudbuild.yaml is valid YAML");
+    for entry in service["secrets"].as_sequence().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let secret_name = entry["secretManager"]["name"].as_str().unwrap();
+        let required = entry["required"].as_bool().unwrap();
+        let mapping = format!("{name}={secret_name}:latest");
+        if required {
+            assert!(
+                cloudbuild.contains(&mapping),
+                "cloudbuild.yaml does not map {mapping}"
+            );
+        } else {
+            assert!(
+                cloudbuild.contains(name),
+                "cloudbuild.yaml does not mention the optional secret {name}"
+            );
+        }
+    }
+    for plain in service["env"].as_sequence().unwrap() {
+        let name = plain["name"].as_str().unwrap();
+        assert!(
+            !cloudbuild.contains(&format!("{name}=projects/")),
+            "{name} is not a secret"
+        );
+    }
+}
+
+#[test]
+fn declared_topics_are_the_ones_the_code_uses() {
+    let doc = architecture();
+    let service = service(&doc);
+    let envelope = read("src/envelope.rs");
+    let published = service["topics"]["publishes"]
+        .as_sequence()
+        .expect("topics.publishes");
+    let consumed = service["topics"]["consumes"]
+        .as_sequence()
+        .expect("topics.consumes");
+    let published: BTreeSet<_> = published
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    let consumed: BTreeSet<_> = consumed
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    for topic in [
+        "internal.ingress.v1",
+        "internal.egress.status.v1",
+        "internal.deadletter.v1",
+    ] {
+        assert!(published.contains(topic), "{topic} is published");
+        assert!(
+            envelope.contains(&format!("\"{topic}\"")),
+            "{topic} is a topic in envelope.rs"
+        );
+    }
+    for topic in ["internal.egress.v1", "internal.egress.v1.<INSTANCE_ID>"] {
+        assert!(consumed.contains(topic), "{topic} is consumed");
+    }
+    assert!(envelope.contains("\"internal.egress.v1\""));
+}
+
+#[tokio::test]
+async fn every_documented_http_path_is_declared() {
+    let doc = architecture();
+    let service = service(&doc);
+    let declared: BTreeSet<String> = service["http"]["paths"]
+        .as_sequence()
+        .expect("http.paths")
+        .iter()
+        .map(|p| p["path"].as_str().expect("path").to_owned())
+        .collect();
+    let app = spawn_app(None, &[]).await;
+    let openapi: serde_json::Value = app
+        .get("/api-docs/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let documented = openapi["paths"].as_object().expect("paths");
+    let missing: Vec<_> = documented
+        .keys()
+        .filter(|p| !declared.contains(*p))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "served but missing from architecture.yaml http.paths: {missing:?}"
+    );
+    for path in ["/swagger-ui/", "/api-docs/openapi.json"] {
+        assert!(declared.contains(path), "{path} is declared");
+    }
+    let health = &service["healthChecks"];
+    for probe in ["startup", "liveness", "readiness"] {
+        let path = health[probe]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{probe} probe path"));
+        assert!(
+            declared.contains(path),
+            "the {probe} probe path {path} is declared"
+        );
+    }
+}
