@@ -42,6 +42,7 @@ RUN awk '/^\[\[(test|bench|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !
 COPY src ./src
 RUN find src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --bin ingress-egress \
+    && strip target/release/ingress-egress \
     && cp target/release/ingress-egress /usr/local/bin/ingress-egress
 
 # ---- run ----------------------------------------------------------------------------------

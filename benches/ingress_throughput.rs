@@ -17,9 +17,8 @@ use std::{
 use futures_util::{stream, StreamExt};
 use ingress_egress::connectors::twilio::signature::compute_signature;
 use lapin::{
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
-    types::FieldTable,
-    BasicProperties, Connection, ConnectionProperties, ExchangeKind,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+    BasicProperties, Connection, ConnectionProperties,
 };
 
 const TOKEN: &str = "bench-auth-token";
@@ -75,17 +74,7 @@ async fn bare_lapin_rate(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    ingress_egress::bus::amqp::declare_exchange(&channel, exchange).await?;
     let body = Arc::new(vec![b'x'; 1800]); // about the size of an SMS envelope
     let started = Instant::now();
     stream::iter(0..messages)

@@ -8,7 +8,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::{configuration::Settings, connectors::twilio::signature::compute_signature};
+use crate::{
+    bus::amqp::Tap, configuration::Settings, connectors::twilio::signature::compute_signature,
+};
 
 #[derive(Args)]
 pub struct SimulateArgs {
@@ -99,9 +101,13 @@ pub async fn run(settings: &Settings, args: SimulateArgs) -> anyhow::Result<()> 
     // With RabbitMQ, listen before posting so the published envelope can be shown.
     let mut watcher = match &settings.bus.amqp_url {
         Some(url) => Some(
-            IngressWatcher::bind(url.expose_secret(), settings)
-                .await
-                .context("binding a temporary queue to watch for the event")?,
+            Tap::bind(
+                url.expose_secret(),
+                &settings.bus.exchange,
+                &crate::bus::routing_key(&settings.bus.prefix, crate::envelope::topics::INGRESS),
+            )
+            .await
+            .context("binding a temporary queue to watch for the event")?,
         ),
         None => None,
     };
@@ -124,8 +130,7 @@ pub async fn run(settings: &Settings, args: SimulateArgs) -> anyhow::Result<()> 
 
     let message_id = format!("twilio:{message_sid}");
     if let Some(watcher) = watcher.as_mut() {
-        let (routing_key, body) = watcher
-            .wait_for(&message_id, Duration::from_secs(15))
+        let (routing_key, body) = wait_for(watcher, &message_id, Duration::from_secs(15))
             .await
             .with_context(|| format!("{message_id} did not appear on the bus within 15 s (is the broker up? see /readyz)"))?;
         println!("published on {routing_key}:\n{}", pretty(&body));
@@ -165,85 +170,27 @@ fn pretty(body: &[u8]) -> String {
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
-/// A temporary exclusive queue bound to the ingress routing key.
-struct IngressWatcher {
-    _connection: lapin::Connection,
-    consumer: lapin::Consumer,
-}
-
-impl IngressWatcher {
-    async fn bind(url: &str, settings: &Settings) -> anyhow::Result<Self> {
-        use lapin::{options::*, types::FieldTable, ExchangeKind};
-        let connection =
-            lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        let exchange = settings.bus.exchange.as_str();
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let routing_key =
-            crate::bus::routing_key(&settings.bus.prefix, crate::envelope::topics::INGRESS);
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                routing_key.as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "simulate".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Self {
-            _connection: connection,
-            consumer,
-        })
-    }
-
-    async fn wait_for(
-        &mut self,
-        message_id: &str,
-        limit: Duration,
-    ) -> anyhow::Result<(String, Vec<u8>)> {
-        use futures_util::StreamExt;
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.consumer.next())
-                .await
-                .map_err(|_| anyhow::anyhow!("timed out"))?
-                .ok_or_else(|| anyhow::anyhow!("consumer closed"))??;
-            let id = next.properties.message_id().as_ref().map(|s| s.to_string());
-            if id.as_deref() == Some(message_id) {
-                return Ok((next.routing_key.to_string(), next.data));
-            }
+/// Waits on `tap` for the message with `message_id`; returns its routing key and body.
+async fn wait_for(
+    tap: &mut Tap,
+    message_id: &str,
+    limit: Duration,
+) -> anyhow::Result<(String, Vec<u8>)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let delivery = tap
+            .next(left)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("timed out"))?;
+        if delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|s| s.as_str())
+            == Some(message_id)
+        {
+            return Ok((delivery.routing_key.to_string(), delivery.data));
         }
     }
 }

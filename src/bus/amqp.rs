@@ -239,17 +239,7 @@ async fn connect(settings: &BusSettings) -> Result<Link, String> {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        channel
-            .exchange_declare(
-                settings.exchange.as_str().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        declare_exchange(&channel, &settings.exchange).await?;
         Ok::<_, lapin::Error>(Link {
             connection,
             channel,
@@ -269,5 +259,79 @@ fn scrub_password(text: &str, url: &str) -> String {
     {
         Some(password) if !password.is_empty() => text.replace(&password, "***"),
         _ => text.to_owned(),
+    }
+}
+
+/// Declares the service's exchange: durable, topic (idempotent; same arguments everywhere).
+pub async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin::Result<()> {
+    channel
+        .exchange_declare(
+            exchange.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// An exclusive, auto-deleted queue bound to one routing key: a way to watch what the service
+/// publishes (used by `simulate` and the tests). It disappears with its connection.
+pub struct Tap {
+    _connection: Connection,
+    consumer: lapin::Consumer,
+}
+
+impl Tap {
+    pub async fn bind(amqp_url: &str, exchange: &str, routing_key: &str) -> lapin::Result<Self> {
+        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        declare_exchange(&channel, exchange).await?;
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                exchange.into(),
+                routing_key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let consumer = channel
+            .basic_consume(
+                queue.name().clone(),
+                "tap".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok(Self {
+            _connection: connection,
+            consumer,
+        })
+    }
+
+    /// The next message, or `None` when none arrives within `wait` (or the tap closed).
+    pub async fn next(&mut self, wait: Duration) -> Option<lapin::message::Delivery> {
+        match tokio::time::timeout(wait, self.consumer.next()).await {
+            Ok(Some(Ok(delivery))) => Some(delivery),
+            _ => None,
+        }
     }
 }

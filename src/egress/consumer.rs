@@ -1,10 +1,12 @@
 //! The consumer loops: where egress deliveries come from.
 //!
 //! With RabbitMQ, on every new broker link (see [`crate::bus::amqp::AmqpBus::links`]) the loop
-//! opens its own channel, declares the durable egress queue (quorum, falling back to classic
-//! when the broker refuses), binds it to `BUS_PREFIX + internal.egress.v1` and
-//! `… .<INSTANCE_ID>`, sets the prefetch and consumes with manual acks. When the channel or
-//! connection fails it waits for the next link. Several instances on one queue share the work.
+//! declares the durable egress queue (quorum, falling back to classic when the broker refuses)
+//! and binds it to `BUS_PREFIX + internal.egress.v1` and `… .<INSTANCE_ID>` (on a short-lived
+//! connection of its own, so a refused declaration cannot bounce the shared one), then opens
+//! its own channel on the link, sets the prefetch and consumes with manual acks. When the
+//! channel or connection fails it waits for the next link. Several instances on one queue
+//! share the work.
 //!
 //! With the embedded bus it subscribes to the in-memory fan-out and picks the egress topics.
 //!
@@ -21,8 +23,9 @@ use lapin::{
         QueueDeclareOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
-    Channel,
+    Channel, Connection, ConnectionProperties,
 };
+use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +44,9 @@ use crate::{
 /// How long in-flight sends may take to finish after shutdown starts (the service allows 8 s
 /// for all background tasks).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(6);
+
+/// How long declaring the egress queue may take.
+const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The topics the egress queue is bound to (without `BUS_PREFIX`).
 pub fn egress_topics(instance_id: &str) -> [String; 2] {
@@ -119,7 +125,13 @@ async fn run_amqp<S: EgressSink>(
                 Err(_) => return, // the bus is gone
             },
         };
-        let channel = match open_consumer_channel(&link.connection, settings).await {
+        let setup = match declare_topology(settings).await {
+            Ok(()) => open_consumer_channel(&link.connection, settings)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(error) => Err(error),
+        };
+        let channel = match setup {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(%error, "cannot set up the egress queue; retrying");
@@ -219,42 +231,71 @@ async fn consume<S: EgressSink>(
     }
 }
 
-/// Declares the egress queue (quorum, else classic), binds it and sets the prefetch, on a new
-/// channel of `connection`.
+/// Declares the egress queue (quorum, else classic) and binds it, on a short-lived connection
+/// of its own: a refused declaration closes its channel with an error, and on the shared
+/// connection that error would make the bus supervisor drop and re-establish the connection
+/// (and the publishers' channel with it).
+async fn declare_topology(settings: &BusSettings) -> Result<(), String> {
+    let url = settings
+        .amqp_url
+        .as_ref()
+        .ok_or_else(|| "AMQP_URL is not set".to_owned())?;
+    let properties = ConnectionProperties::default()
+        .with_connection_name(format!("ingress-egress/{}/declare", settings.instance_id).into());
+    let queue = settings.egress_queue.as_str();
+    let setup = async {
+        let connection = Connection::connect(url.expose_secret(), properties).await?;
+        let declared = async {
+            let durable = QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            };
+            let mut quorum = FieldTable::default();
+            quorum.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+            let mut channel = connection.create_channel().await?;
+            if let Err(error) = channel.queue_declare(queue.into(), durable, quorum).await {
+                // Refused (an existing classic queue, or no quorum support): the channel is
+                // closed; declare a classic queue on a fresh one.
+                tracing::info!(%error, queue, "quorum egress queue refused; using a classic queue");
+                channel = connection.create_channel().await?;
+                channel
+                    .queue_declare(queue.into(), durable, FieldTable::default())
+                    .await?;
+            }
+            for topic in egress_topics(&settings.instance_id) {
+                channel
+                    .queue_bind(
+                        queue.into(),
+                        settings.exchange.as_str().into(),
+                        routing_key(&settings.prefix, &topic).into(),
+                        QueueBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+            Ok::<_, lapin::Error>(())
+        }
+        .await;
+        let _ = connection.close(200, "declared".into()).await;
+        declared
+    };
+    match tokio::time::timeout(DECLARE_TIMEOUT, setup).await {
+        Err(_) => Err(format!(
+            "declaring the egress queue timed out after {DECLARE_TIMEOUT:?}"
+        )),
+        Ok(result) => result.map_err(|e| e.to_string()),
+    }
+}
+
+/// A channel on the shared connection with the prefetch set, for consuming.
 async fn open_consumer_channel(
     connection: &lapin::Connection,
     settings: &BusSettings,
 ) -> Result<Channel, lapin::Error> {
-    let durable = QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let mut quorum = FieldTable::default();
-    quorum.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    let queue = settings.egress_queue.as_str();
-    let mut channel = connection.create_channel().await?;
-    if let Err(error) = channel.queue_declare(queue.into(), durable, quorum).await {
-        // A refused declare closes the channel: retry as a classic queue on a fresh one.
-        tracing::info!(%error, queue, "quorum egress queue refused; using a classic queue");
-        channel = connection.create_channel().await?;
-        channel
-            .queue_declare(queue.into(), durable, FieldTable::default())
-            .await?;
-    }
-    for topic in egress_topics(&settings.instance_id) {
-        channel
-            .queue_bind(
-                queue.into(),
-                settings.exchange.as_str().into(),
-                routing_key(&settings.prefix, &topic).into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    let channel = connection.create_channel().await?;
     channel
         .basic_qos(settings.prefetch, BasicQosOptions::default())
         .await?;

@@ -340,3 +340,22 @@ async fn a_redelivered_event_gets_the_same_tokens() {
     let distinct: std::collections::BTreeSet<_> = tokens(&log[..half]).into_iter().collect();
     assert_eq!(distinct.len(), half, "each part has its own token");
 }
+
+#[test]
+fn without_a_message_id_the_body_identifies_the_event() {
+    let event = |body: &[u8], id: Option<&str>| Incoming {
+        body: body.to_vec(),
+        message_id: id.map(str::to_owned),
+        timestamp: None,
+        redelivered: false,
+        acker: Acker::None,
+    };
+    assert_eq!(event(b"a", None).key(), event(b"a", None).key());
+    assert_ne!(event(b"a", None).key(), event(b"b", None).key());
+    assert_eq!(event(b"a", Some("m1")).key(), event(b"b", Some("m1")).key());
+    assert_eq!(event(b"a", Some(" ")).key(), event(b"a", None).key());
+    assert_ne!(
+        super::process::part_token("mid:m1", 0, 2),
+        super::process::part_token("mid:m1", 1, 2)
+    );
+}

@@ -160,6 +160,9 @@ impl<S: EgressSink> Engine<S> {
             let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
             self.metrics.egress_lag.observe(lag);
         }
+        if incoming.redelivered {
+            tracing::debug!(message_id = ?incoming.message_id, "redelivered egress event; resends reuse their idempotency tokens");
+        }
         // Take the recipient's place in line now, synchronously, in consumption order.
         let work = self.plan(&incoming).map(|plan| {
             let turn = self.sequencer.enqueue(&plan.target);
@@ -274,6 +277,7 @@ impl<S: EgressSink> Engine<S> {
                     }
                     Err(failure) if failure.retryable && attempts < self.config.max_attempts => {
                         self.sink.observe(Outcome::Retried, failure.error_code);
+                        tracing::debug!(correlation_id = %plan.correlation_id, detail = %failure.message, "send failure detail");
                         let delay = backoff
                             .next_delay()
                             .max(failure.retry_after.unwrap_or_default());
@@ -283,7 +287,6 @@ impl<S: EgressSink> Engine<S> {
                             attempts,
                             http_status = failure.http_status,
                             error_code = failure.error_code,
-                            error = %failure.message,
                             delay_ms = delay.as_millis() as u64,
                             "send failed; retrying"
                         );
@@ -357,9 +360,10 @@ impl<S: EgressSink> Engine<S> {
             http_status = failure.http_status,
             error_code = failure.error_code,
             attempts,
-            error = %failure.message,
             "egress event not sent; dead-lettering"
         );
+        // The platform's text can quote the recipient: debug level only (and in the dead letter).
+        tracing::debug!(correlation_id = %plan.correlation_id, detail = %failure.message, "send failure detail");
         let dead_letter = DeadLetter {
             connector: self.sink.connector().to_owned(),
             reason: reason.to_owned(),
@@ -390,9 +394,9 @@ impl<S: EgressSink> Engine<S> {
         tracing::warn!(
             correlation_id = correlation_id.as_deref().unwrap_or("-"),
             reason = rejection.reason,
-            detail = %rejection.detail,
             "egress event rejected; dead-lettering"
         );
+        tracing::debug!(detail = %rejection.detail, "rejection detail");
         self.sink.observe(Outcome::DeadLettered, None);
         let original_event = parsed
             .json

@@ -606,3 +606,35 @@ async fn redelivery_after_a_crash_mid_send_sends_no_second_message() {
     fake.assert_no_violations();
     delete_queue(&url, &queue).await;
 }
+
+#[tokio::test]
+async fn an_existing_classic_egress_queue_is_used_as_it_is() {
+    let url = require_broker!();
+    // A broker (or an older deployment) that already has the queue as a classic queue: the
+    // quorum declaration is refused and the consumer falls back to the classic one.
+    let queue = format!("test-classic-{}.egress", uuid::Uuid::new_v4().simple());
+    {
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done".into()).await;
+    }
+    let mut rig = Rig::start(&url, &[("AMQP_EGRESS_QUEUE", &queue)]).await;
+    let event = reply_to("+14155550195", "through a classic queue");
+    rig.publisher.publish(&event).await;
+    assert_eq!(rig.status_of(&event).await["status"], "sent");
+    assert_eq!(rig.fake.created(Route::Messages).len(), 1);
+    rig.finish().await;
+}

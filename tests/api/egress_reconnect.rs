@@ -70,7 +70,10 @@ async fn the_consumer_comes_back_after_the_broker_closes_its_connection() {
     app.wait_ready(Duration::from_secs(15)).await;
     let now = connections_named(&name).expect("rabbitmqctl still works");
     assert_eq!(now.len(), 1, "{now:?}");
-    assert!(!pids.contains(&now[0]), "a new connection replaced the closed one");
+    assert!(
+        !pids.contains(&now[0]),
+        "a new connection replaced the closed one"
+    );
     fake.assert_no_violations();
     delete_queue(&url, &app.egress_queue).await;
 }

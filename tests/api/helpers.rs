@@ -3,14 +3,8 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use futures_util::StreamExt;
 use ingress_egress::{configuration::Settings, startup::Application};
-use lapin::{
-    message::Delivery,
-    options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions},
-    types::FieldTable,
-    Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
-};
+use lapin::{message::Delivery, Connection, ConnectionProperties};
 use serde::Deserialize;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -72,7 +66,41 @@ pub struct TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.server.abort();
+        // Remove this test's durable exchange and egress queue so the broker does not fill up
+        // with them (Drop cannot await: do it on a short-lived thread of its own).
+        if let Some(url) = self.amqp_url.clone() {
+            let exchange = self.exchange.clone();
+            let queue = self.egress_queue.clone();
+            let _ =
+                std::thread::spawn(move || delete_broker_objects(&url, &exchange, &queue)).join();
+        }
     }
+}
+
+fn delete_broker_objects(url: &str, exchange: &str, queue: &str) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    runtime.block_on(async {
+        let cleanup = async {
+            let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+            let channel = connection.create_channel().await?;
+            channel
+                .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+                .await?;
+            channel
+                .exchange_delete(
+                    exchange.into(),
+                    lapin::options::ExchangeDeleteOptions::default(),
+                )
+                .await?;
+            connection.close(200, "test cleanup".into()).await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
+    });
 }
 
 /// Variables every test app gets: fixture credentials, a private exchange and queue, a fresh
@@ -206,77 +234,20 @@ impl TestApp {
 }
 
 /// An exclusive, auto-deleted queue bound to one routing key, to observe what is published.
-pub struct BusTap {
-    _connection: Connection,
-    _channel: Channel,
-    consumer: Consumer,
-}
+pub struct BusTap(ingress_egress::bus::amqp::Tap);
 
 impl BusTap {
     pub async fn bind(amqp_url: &str, exchange: &str, routing_key: &str) -> Self {
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default())
-            .await
-            .expect("tap connects");
-        let channel = connection.create_channel().await.expect("channel");
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("exchange declared");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue declared");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("queue bound");
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consuming");
-        Self {
-            _connection: connection,
-            _channel: channel,
-            consumer,
-        }
+        Self(
+            ingress_egress::bus::amqp::Tap::bind(amqp_url, exchange, routing_key)
+                .await
+                .expect("tap bound"),
+        )
     }
 
     /// The next message, or `None` after `wait`.
     pub async fn next(&mut self, wait: Duration) -> Option<Delivery> {
-        match tokio::time::timeout(wait, self.consumer.next()).await {
-            Ok(Some(Ok(delivery))) => Some(delivery),
-            _ => None,
-        }
+        self.0.next(wait).await
     }
 
     /// The next message's body as JSON; panics when none arrives within 10 s.

@@ -13,16 +13,14 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{
+    inbound::InboundChat,
     routes::{publish_envelope, Outcome},
     sms, status,
     webhook::FormParams,
-    TwilioConnector, CONNECTOR, INGRESS_SOURCE, PLATFORM,
+    TwilioConnector,
 };
 use crate::{
-    envelope::{
-        stable_correlation_id, topics, Egress, ExternalIdentity, Identity, Ingress,
-        InternalEventV2, Media, Message, Routing, CHAT_MESSAGE_V1, ENVELOPE_VERSION,
-    },
+    envelope::{InternalEventV2, Media},
     error::ApiError,
 };
 
@@ -264,52 +262,19 @@ pub fn message_added_envelope(
         twilio_metadata.insert("attributes".into(), value);
     }
 
-    Ok(InternalEventV2 {
-        v: ENVELOPE_VERSION.to_owned(),
-        correlation_id: stable_correlation_id(&sms::message_id(message_sid)),
-        trace_id: None,
-        event_type: CHAT_MESSAGE_V1.to_owned(),
-        ingress: Ingress {
-            ingress_at: received_at,
-            source: INGRESS_SOURCE.to_owned(),
-            connector: CONNECTOR.to_owned(),
-            channel: conversation_sid.to_owned(),
-        },
-        identity: Identity {
-            external: ExternalIdentity {
-                id: author.to_owned(),
-                platform: PLATFORM.to_owned(),
-                display_name: None,
-                metadata: identity_metadata,
-            },
-            user: None,
-        },
-        egress: Egress {
-            destination: topics::EGRESS.to_owned(),
-            connector: CONNECTOR.to_owned(),
-            kind: "chat".to_owned(),
-            channel: Some(conversation_sid.to_owned()),
-            metadata: Map::from_iter([("twilio".to_owned(), Value::Object(egress_twilio))]),
-        },
-        routing: Routing::initial(),
-        message: Some(Message {
-            id: message_sid.to_owned(),
-            role: "user".to_owned(),
-            text: Some(params.get("Body").unwrap_or_default().to_owned()),
-            media,
-            raw_platform_payload: Some(params.to_json()),
-        }),
-        payload: None,
-        external_event: None,
-        annotations: None,
-        candidates: None,
-        qos: None,
-        errors: None,
-        metadata: Some(Map::from_iter([(
-            "twilio".to_owned(),
-            Value::Object(twilio_metadata),
-        )])),
-    })
+    Ok(InboundChat {
+        message_sid,
+        reply_channel: conversation_sid,
+        sender: author,
+        display_name: None,
+        identity_metadata,
+        reply_via: egress_twilio,
+        text: params.get("Body").unwrap_or_default().to_owned(),
+        media,
+        raw: params.to_json(),
+        provenance: twilio_metadata,
+    }
+    .into_envelope(received_at))
 }
 
 /// The most media one Conversations message carries.
@@ -374,6 +339,7 @@ fn media_from_json(media: Option<&str>) -> Result<Vec<Media>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::stable_correlation_id;
 
     fn form(pairs: &[(&str, &str)]) -> FormParams {
         FormParams(

@@ -4,6 +4,7 @@
 pub mod conversations;
 pub mod egress_sink;
 pub mod event_streams;
+pub mod inbound;
 pub mod participants;
 pub mod rest;
 pub mod routes;

@@ -116,6 +116,19 @@ impl RestError {
         }
     }
 
+    /// Status, code and kind only: safe for logs and the debug snapshot (Twilio's message text
+    /// can quote the recipient's number).
+    pub fn summary(&self) -> String {
+        match self {
+            RestError::Http { status, code, .. } => match code {
+                Some(code) => format!("HTTP {status}, Twilio error {code}"),
+                None => format!("HTTP {status}"),
+            },
+            RestError::Network(detail) => format!("network: {detail}"),
+            RestError::NotConfigured(what) => format!("not configured: {what}"),
+        }
+    }
+
     pub fn http_status(&self) -> Option<u16> {
         match self {
             RestError::Http { status, .. } => Some(*status),

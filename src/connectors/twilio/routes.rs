@@ -240,15 +240,7 @@ pub(crate) async fn publish_envelope(
         envelope,
     )
     .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
-    let delivery = twilio
-        .publisher()
-        .publish_once(message)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "webhook not accepted");
-            twilio.record_error(error.to_string());
-            ApiError::Unavailable("event could not be stored; retry later".to_owned())
-        })?;
+    let delivery = publish_once(twilio, message).await?;
     tracing::info!(
         message_sid,
         correlation_id = %envelope.correlation_id,
@@ -256,6 +248,23 @@ pub(crate) async fn publish_envelope(
         "inbound message accepted"
     );
     Ok(Outcome::Delivered(delivery))
+}
+
+/// Publishes a webhook's event at most once per `message_id` within the dedupe window; when
+/// neither the broker nor the outbox takes it, answers 503 so Twilio retries.
+pub(crate) async fn publish_once(
+    twilio: &TwilioConnector,
+    message: BusMessage,
+) -> Result<Delivery, ApiError> {
+    twilio
+        .publisher()
+        .publish_once(message)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "webhook event not accepted");
+            twilio.record_error(error.to_string());
+            ApiError::Unavailable("event could not be stored; retry later".to_owned())
+        })
 }
 
 /// How a webhook ended, for the response and the metrics.

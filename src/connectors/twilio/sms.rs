@@ -2,15 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::Map;
 use utoipa::ToSchema;
 
-use super::{webhook::FormParams, CONNECTOR, INGRESS_SOURCE, PLATFORM};
+use super::{inbound::InboundChat, webhook::FormParams};
 use crate::{
-    envelope::{
-        stable_correlation_id, topics, Egress, ExternalIdentity, Identity, Ingress,
-        InternalEventV2, Media, Message, Routing, CHAT_MESSAGE_V1, ENVELOPE_VERSION,
-    },
+    envelope::{InternalEventV2, Media},
     error::ApiError,
 };
 
@@ -102,52 +99,23 @@ pub fn inbound_message_envelope(
         twilio.insert("messagingServiceSid".into(), service.into());
     }
 
-    Ok(InternalEventV2 {
-        v: ENVELOPE_VERSION.to_owned(),
-        correlation_id: stable_correlation_id(&message_id(message_sid)),
-        trace_id: None,
-        event_type: CHAT_MESSAGE_V1.to_owned(),
-        ingress: Ingress {
-            ingress_at: received_at,
-            source: INGRESS_SOURCE.to_owned(),
-            connector: CONNECTOR.to_owned(),
-            channel: from.to_owned(),
-        },
-        identity: Identity {
-            external: ExternalIdentity {
-                id: from.to_owned(),
-                platform: PLATFORM.to_owned(),
-                display_name: params.non_empty("ProfileName").map(str::to_owned),
-                metadata: identity_metadata,
-            },
-            user: None,
-        },
-        egress: Egress {
-            destination: topics::EGRESS.to_owned(),
-            connector: CONNECTOR.to_owned(),
-            kind: "chat".to_owned(),
-            channel: Some(from.to_owned()),
-            metadata: Map::from_iter([("twilio".to_owned(), Value::Object(twilio))]),
-        },
-        routing: Routing::initial(),
-        message: Some(Message {
-            id: message_sid.to_owned(),
-            role: "user".to_owned(),
-            text: Some(params.get("Body").unwrap_or_default().to_owned()),
-            media,
-            raw_platform_payload: Some(params.to_json()),
-        }),
-        payload: None,
-        external_event: None,
-        annotations: None,
-        candidates: None,
-        qos: None,
-        errors: None,
-        metadata: Some(Map::from_iter([(
-            "twilio".to_owned(),
-            json!({"webhook": "messaging.inbound", "numSegments": params.non_empty("NumSegments")}),
-        )])),
-    })
+    let mut provenance = Map::new();
+    provenance.insert("webhook".into(), "messaging.inbound".into());
+    provenance.insert("numSegments".into(), params.non_empty("NumSegments").into());
+
+    Ok(InboundChat {
+        message_sid,
+        reply_channel: from,
+        sender: from,
+        display_name: params.non_empty("ProfileName").map(str::to_owned),
+        identity_metadata,
+        reply_via: twilio,
+        text: params.get("Body").unwrap_or_default().to_owned(),
+        media,
+        raw: params.to_json(),
+        provenance,
+    }
+    .into_envelope(received_at))
 }
 
 /// The bus `message_id` of a Twilio message: stable across webhook retries.
@@ -192,6 +160,8 @@ fn media_from_params(params: &FormParams) -> Result<Vec<Media>, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::envelope::stable_correlation_id;
+    use serde_json::json;
 
     fn form(pairs: &[(&str, &str)]) -> FormParams {
         FormParams(

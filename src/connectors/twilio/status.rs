@@ -273,15 +273,7 @@ pub(crate) async fn publish_status(
         event,
     )
     .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
-    let delivery = twilio
-        .publisher()
-        .publish_once(message)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "status event not accepted");
-            twilio.record_error(error.to_string());
-            ApiError::Unavailable("event could not be stored; retry later".to_owned())
-        })?;
+    let delivery = super::routes::publish_once(twilio, message).await?;
     tracing::info!(
         message_sid = %event.message_sid,
         status = %event.status,
