@@ -29,6 +29,8 @@ pub struct Metrics {
     pub egress_events: IntCounterVec,
     /// Seconds between an egress event's timestamp and its consumption.
     pub egress_lag: Histogram,
+    /// Messages ready in the egress queue, sampled by the consumer.
+    pub egress_queue_depth: IntGauge,
     /// Webhook events acknowledged without publishing, by event type.
     pub ignored_events: IntCounterVec,
     /// Auto-join of the bot into Conversations, by outcome (joined, already_participant,
@@ -134,6 +136,10 @@ impl Metrics {
                 "egress_lag_seconds",
                 "Age of egress events when consumed",
                 vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 1800.0],
+            ),
+            egress_queue_depth: gauge(
+                "egress_queue_depth",
+                "Messages waiting in the egress queue (sampled every few seconds)",
             ),
             ignored_events: counter_vec(
                 "ignored_events_total",

@@ -71,7 +71,11 @@ pub enum PublishError {
 
 /// Connection state, as `/readyz` and the debug snapshot show it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase", tag = "state")]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "state"
+)]
 pub enum BusState {
     Connected,
     Connecting { last_error: Option<String> },

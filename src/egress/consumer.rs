@@ -48,6 +48,9 @@ pub const DRAIN_GRACE: Duration = Duration::from_secs(6);
 /// How long declaring the egress queue may take.
 const DECLARE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often the egress queue's depth is sampled for the metric and the debug snapshot.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The topics the egress queue is bound to (without `BUS_PREFIX`).
 pub fn egress_topics(instance_id: &str) -> [String; 2] {
     [
@@ -191,6 +194,7 @@ async fn consume<S: EgressSink>(
     shutdown: &CancellationToken,
     inflight: &mut JoinSet<()>,
 ) -> Stopped {
+    let mut depth_sample = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
     loop {
         tokio::select! {
             biased;
@@ -206,6 +210,20 @@ async fn consume<S: EgressSink>(
                 }
             }
             Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            _ = depth_sample.tick() => {
+                // A passive declare only reads the queue's counters.
+                let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+                let queue = channel
+                    .queue_declare(consumer.queue(), passive, FieldTable::default())
+                    .await;
+                match queue {
+                    Ok(queue) => engine.metrics().egress_queue_depth.set(i64::from(queue.message_count())),
+                    Err(error) => {
+                        tracing::warn!(%error, "egress queue vanished");
+                        return Stopped::LinkLost;
+                    }
+                }
+            }
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
                     let timestamp = delivery

@@ -128,6 +128,10 @@ pub struct Engine<S: EgressSink> {
 }
 
 impl<S: EgressSink> Engine<S> {
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn new(
         sink: Arc<S>,
         publisher: EventPublisher,

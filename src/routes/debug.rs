@@ -88,6 +88,7 @@ pub async fn twilio_snapshot(
             "busPrefix": state.settings.bus.prefix,
         },
         "egressConsumer": egress,
+        "egressQueueDepth": state.metrics.egress_queue_depth.get(),
         "twilio": connector.snapshot(),
     });
     scrub(&mut snapshot, &secret_values(&state.settings));

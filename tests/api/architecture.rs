@@ -289,6 +289,12 @@ fn cloudbuild_maps_every_secret_from_secret_manager() {
     }
     for plain in service["env"].as_sequence().unwrap() {
         let name = plain["name"].as_str().unwrap();
+        if let Some(deployed) = plain["deployed"].as_str() {
+            assert!(
+                cloudbuild.contains(&format!("{name}={deployed}")),
+                "architecture.yaml says {name}={deployed} when deployed; cloudbuild.yaml disagrees"
+            );
+        }
         assert!(
             !cloudbuild.contains(&format!("{name}=projects/")),
             "{name} is not a secret"

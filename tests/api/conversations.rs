@@ -696,3 +696,51 @@ async fn the_new_webhooks_are_documented_with_examples() {
     assert!(schema_example(&body["schema"]["items"]["$ref"])["data"].is_object());
     assert!(schema_example(&json!("#/components/schemas/StatusEvent"))["messageSid"].is_string());
 }
+
+#[tokio::test]
+async fn a_pending_join_survives_a_restart() {
+    let amqp = require_broker!();
+    let tokens = fixture_tokens();
+    let fake = FakeTwilio::start(&tokens.account_sid, &tokens.primary_auth_token).await;
+    let outbox = tempfile::tempdir().unwrap();
+    let outbox_dir = outbox.path().display().to_string();
+    let vars = [
+        ("TWILIO_IDENTITY", BOT),
+        ("TWILIO_CONVERSATIONS_BASE_URL", fake.base_url.as_str()),
+        ("TWILIO_API_BASE_URL", fake.base_url.as_str()),
+        ("OUTBOX_DIR", outbox_dir.as_str()),
+    ];
+    fake.enqueue(
+        Route::ConversationParticipants,
+        Reply::Status {
+            status: 503,
+            retry_after: Some(60),
+            body: None,
+        },
+    );
+    let first = spawn_app(Some(&amqp), &vars).await;
+    post_ok(&first, "conv_on_conversation_added").await;
+    fake.wait_for_requests(Route::ConversationParticipants, 1, Duration::from_secs(10))
+        .await;
+    drop(first); // stops while the join waits a minute to retry
+
+    let conversation = param(&fixture("conv_on_conversation_added"), "ConversationSid");
+    let pending = outbox.path().join("pending-joins").join(&conversation);
+    assert!(pending.exists(), "the pending join is on disk");
+
+    // Nothing scripted any more: Twilio now accepts the join.
+    let _second = spawn_app(Some(&amqp), &vars).await;
+    let requests = fake
+        .wait_for_requests(Route::ConversationParticipants, 2, Duration::from_secs(10))
+        .await;
+    assert_eq!(requests[1].path_params["ConversationSid"], conversation);
+    for _ in 0..50 {
+        if !pending.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!pending.exists(), "done joins are forgotten");
+    assert_eq!(fake.created(Route::ConversationParticipants).len(), 1);
+    fake.assert_no_violations();
+}

@@ -209,6 +209,19 @@ async fn a_broker_lost_mid_stream_loses_nothing() {
     let mut accepted = accept_messages(&app, 5, 0).await;
     proxy.cut();
     accepted.extend(accept_messages(&app, 5, 5).await);
+    // The lost connection shows on /readyz until the supervisor reconnects.
+    let mut saw_not_ready = false;
+    for _ in 0..100 {
+        if app.get("/readyz").await.status() == 503 {
+            saw_not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        saw_not_ready,
+        "/readyz kept saying ready with the broker gone"
+    );
     proxy.start().await;
     accepted.extend(accept_messages(&app, 5, 10).await);
 

@@ -61,7 +61,7 @@ struct Activity {
 impl TwilioConnector {
     pub fn new(settings: &Settings, publisher: EventPublisher, metrics: Metrics) -> Self {
         let twilio = settings.twilio.clone();
-        let twilio_rest_settings = twilio.clone();
+        let rest = rest::TwilioRest::new(&twilio);
         let verifier = WebhookVerifier {
             validator: SignatureValidator::new(
                 twilio.auth_token.clone(),
@@ -70,11 +70,9 @@ impl TwilioConnector {
             public_base_url: settings.public_base_url.clone(),
             max_body_bytes: settings.max_body_bytes,
         };
-        let auto_joiner = participants::AutoJoiner::new(
-            twilio.identity.clone(),
-            rest::TwilioRest::new(&twilio),
-            metrics.clone(),
-        );
+        let auto_joiner =
+            participants::AutoJoiner::new(twilio.identity.clone(), rest.clone(), metrics.clone())
+                .persisting_in(settings.outbox_dir.join("pending-joins"));
         Self {
             inner: Arc::new(Inner {
                 settings: twilio,
@@ -83,7 +81,7 @@ impl TwilioConnector {
                 metrics,
                 activity: Mutex::new(Activity::default()),
                 auto_joiner,
-                rest: rest::TwilioRest::new(&twilio_rest_settings),
+                rest,
             }),
         }
     }

@@ -6,10 +6,12 @@
 //! `Retry-After`), so a failure is neither lost nor fails the webhook. "Already a participant"
 //! (HTTP 409 / Twilio error 50433) counts as success. Successful joins are remembered, and at
 //! most one task runs per conversation, so the bot is added to a conversation exactly once per
-//! process however many webhooks announce it.
+//! process however many webhooks announce it. With [`AutoJoiner::persisting_in`], each pending
+//! join is also a file until it succeeds or is given up, and is resumed after a restart.
 
 use std::{
     collections::HashSet,
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -55,6 +57,8 @@ struct Inner {
     joined: Cache<String, ()>,
     /// Conversations a join task is running for.
     pending: Mutex<HashSet<String>>,
+    /// Where pending joins are kept across restarts (one empty file per conversation).
+    state_dir: Option<PathBuf>,
     metrics: Metrics,
 }
 
@@ -77,8 +81,64 @@ impl AutoJoiner {
                 policy,
                 joined: Cache::builder().max_capacity(500_000).build(),
                 pending: Mutex::new(HashSet::new()),
+                state_dir: None,
                 metrics,
             }),
+        }
+    }
+
+    /// Keeps pending joins in `dir` so a restart resumes them, and resumes those already there.
+    /// Must be called before the joiner is shared.
+    pub fn persisting_in(mut self, dir: PathBuf) -> Self {
+        if self.inner.identity.is_none() {
+            return self;
+        }
+        if let Err(error) = std::fs::create_dir_all(&dir) {
+            tracing::error!(%error, dir = %dir.display(), "cannot keep pending conversation joins on disk");
+            return self;
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .filter(|name| is_safe_file_name(name))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Arc::get_mut(&mut self.inner)
+            .expect("persisting_in is called before the joiner is shared")
+            .state_dir = Some(dir);
+        for conversation_sid in leftovers {
+            tracing::info!(
+                conversation_sid,
+                "resuming a conversation join from before the restart"
+            );
+            self.ensure_joined(&conversation_sid);
+        }
+        self
+    }
+
+    fn remember_pending(&self, conversation_sid: &str) {
+        let Some(dir) = &self.inner.state_dir else {
+            return;
+        };
+        if !is_safe_file_name(conversation_sid) {
+            return;
+        }
+        let path = dir.join(conversation_sid);
+        let written = std::fs::File::create(&path)
+            .and_then(|file| file.sync_all())
+            .and_then(|()| std::fs::File::open(dir)?.sync_all());
+        if let Err(error) = written {
+            tracing::error!(%error, conversation_sid, "cannot record a pending conversation join");
+        }
+    }
+
+    fn forget_pending(&self, conversation_sid: &str) {
+        if let Some(dir) = &self.inner.state_dir {
+            if is_safe_file_name(conversation_sid) {
+                let _ = std::fs::remove_file(dir.join(conversation_sid));
+            }
         }
     }
 
@@ -109,10 +169,12 @@ impl AutoJoiner {
                 return;
             }
         }
+        self.remember_pending(conversation_sid);
         let joiner = self.clone();
         let conversation_sid = conversation_sid.to_owned();
         tokio::spawn(async move {
             joiner.join_with_retries(&conversation_sid, &identity).await;
+            joiner.forget_pending(&conversation_sid);
             joiner
                 .inner
                 .pending
@@ -184,6 +246,15 @@ impl AutoJoiner {
             "could not add the bot to the conversation; giving up until Twilio announces it again"
         );
     }
+}
+
+/// Conversation SIDs (or unique names) that are safe to use as a file name.
+fn is_safe_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]
