@@ -213,42 +213,39 @@ pub fn message_added_envelope(
     let mut identity_metadata = Map::new();
     identity_metadata.insert("channelType".into(), channel_type.into());
     identity_metadata.insert("conversationSid".into(), conversation_sid.into());
-    for (param, key) in [
-        ("ParticipantSid", "participantSid"),
-        ("ClientIdentity", "clientIdentity"),
-        ("Source", "source"),
-        ("AccountSid", "accountSid"),
-    ] {
-        if let Some(value) = params.non_empty(param) {
-            identity_metadata.insert(key.into(), value.into());
-        }
-    }
+    params.copy_into(
+        &mut identity_metadata,
+        &[
+            ("ParticipantSid", "participantSid"),
+            ("ClientIdentity", "clientIdentity"),
+            ("Source", "source"),
+            ("AccountSid", "accountSid"),
+        ],
+    );
 
     let mut egress_twilio = Map::new();
     egress_twilio.insert("conversationSid".into(), conversation_sid.into());
-    for (param, key) in [
-        ("ChatServiceSid", "chatServiceSid"),
-        ("MessagingServiceSid", "messagingServiceSid"),
-    ] {
-        if let Some(value) = params.non_empty(param) {
-            egress_twilio.insert(key.into(), value.into());
-        }
-    }
+    params.copy_into(
+        &mut egress_twilio,
+        &[
+            ("ChatServiceSid", "chatServiceSid"),
+            ("MessagingServiceSid", "messagingServiceSid"),
+        ],
+    );
 
     let mut twilio_metadata = Map::new();
     twilio_metadata.insert("webhook".into(), "conversations.onMessageAdded".into());
     twilio_metadata.insert("conversationSid".into(), conversation_sid.into());
     twilio_metadata.insert("messageSid".into(), message_sid.into());
-    for (param, key) in [
-        ("ParticipantSid", "participantSid"),
-        ("ChatServiceSid", "chatServiceSid"),
-        ("Source", "source"),
-        ("DateCreated", "dateCreated"),
-    ] {
-        if let Some(value) = params.non_empty(param) {
-            twilio_metadata.insert(key.into(), value.into());
-        }
-    }
+    params.copy_into(
+        &mut twilio_metadata,
+        &[
+            ("ParticipantSid", "participantSid"),
+            ("ChatServiceSid", "chatServiceSid"),
+            ("Source", "source"),
+            ("DateCreated", "dateCreated"),
+        ],
+    );
     if let Some(index) = params.non_empty("Index") {
         let value = index
             .parse::<u64>()
@@ -342,12 +339,7 @@ mod tests {
     use crate::envelope::stable_correlation_id;
 
     fn form(pairs: &[(&str, &str)]) -> FormParams {
-        FormParams(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        FormParams::from_pairs(pairs)
     }
 
     fn message(extra: &[(&str, &str)]) -> FormParams {

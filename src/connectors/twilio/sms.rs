@@ -80,18 +80,17 @@ pub fn inbound_message_envelope(
 
     let mut identity_metadata = Map::new();
     identity_metadata.insert("channelType".into(), channel_type.into());
-    for (param, key) in [
-        ("FromCountry", "fromCountry"),
-        ("FromState", "fromState"),
-        ("FromCity", "fromCity"),
-        ("FromZip", "fromZip"),
-        ("WaId", "waId"),
-        ("AccountSid", "accountSid"),
-    ] {
-        if let Some(value) = params.non_empty(param) {
-            identity_metadata.insert(key.into(), value.into());
-        }
-    }
+    params.copy_into(
+        &mut identity_metadata,
+        &[
+            ("FromCountry", "fromCountry"),
+            ("FromState", "fromState"),
+            ("FromCity", "fromCity"),
+            ("FromZip", "fromZip"),
+            ("WaId", "waId"),
+            ("AccountSid", "accountSid"),
+        ],
+    );
 
     let mut twilio = Map::new();
     twilio.insert("from".into(), to.into());
@@ -164,12 +163,7 @@ mod tests {
     use serde_json::json;
 
     fn form(pairs: &[(&str, &str)]) -> FormParams {
-        FormParams(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        FormParams::from_pairs(pairs)
     }
 
     #[test]

@@ -182,16 +182,15 @@ pub fn from_status_callback(
                 .map(str::to_owned)
         });
     let mut metadata = Map::new();
-    for (param, key) in [
-        ("MessagingServiceSid", "messagingServiceSid"),
-        ("AccountSid", "accountSid"),
-        ("RawDlrDoneDate", "rawDlrDoneDate"),
-        ("ChannelStatusMessage", "channelStatusMessage"),
-    ] {
-        if let Some(value) = params.non_empty(param) {
-            metadata.insert(key.into(), value.into());
-        }
-    }
+    params.copy_into(
+        &mut metadata,
+        &[
+            ("MessagingServiceSid", "messagingServiceSid"),
+            ("AccountSid", "accountSid"),
+            ("RawDlrDoneDate", "rawDlrDoneDate"),
+            ("ChannelStatusMessage", "channelStatusMessage"),
+        ],
+    );
     Ok(StatusEvent {
         message_sid: message_sid.to_owned(),
         status,
@@ -223,20 +222,19 @@ pub fn from_conversation_delivery(
         .and_then(|date| DateTime::parse_from_rfc3339(date).ok())
         .map_or(received_at, |date| date.to_utc());
     let mut metadata = Map::new();
-    for (param, key) in [
-        ("ConversationSid", "conversationSid"),
-        ("ParticipantSid", "participantSid"),
-        ("DeliveryReceiptSid", "deliveryReceiptSid"),
-        ("ChannelMessageSid", "channelMessageSid"),
-        ("ChatServiceSid", "chatServiceSid"),
-        ("MessagingServiceSid", "messagingServiceSid"),
-        ("AccountSid", "accountSid"),
-        ("Source", "source"),
-    ] {
-        if let Some(value) = params.non_empty(param) {
-            metadata.insert(key.into(), value.into());
-        }
-    }
+    params.copy_into(
+        &mut metadata,
+        &[
+            ("ConversationSid", "conversationSid"),
+            ("ParticipantSid", "participantSid"),
+            ("DeliveryReceiptSid", "deliveryReceiptSid"),
+            ("ChannelMessageSid", "channelMessageSid"),
+            ("ChatServiceSid", "chatServiceSid"),
+            ("MessagingServiceSid", "messagingServiceSid"),
+            ("AccountSid", "accountSid"),
+            ("Source", "source"),
+        ],
+    );
     Ok(StatusEvent {
         message_sid: message_sid.to_owned(),
         status,
@@ -289,12 +287,7 @@ mod tests {
     use super::*;
 
     fn form(pairs: &[(&str, &str)]) -> FormParams {
-        FormParams(
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        )
+        FormParams::from_pairs(pairs)
     }
 
     #[test]

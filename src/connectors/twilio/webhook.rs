@@ -48,6 +48,30 @@ impl FormParams {
             .ok_or_else(|| ApiError::BadRequest(format!("missing form parameter {name}")))
     }
 
+    /// Copies each present, non-empty parameter into `map` under its new name
+    /// (`(parameter, key)` pairs, e.g. `("FromCountry", "fromCountry")`).
+    pub fn copy_into(
+        &self,
+        map: &mut serde_json::Map<String, serde_json::Value>,
+        renames: &[(&str, &str)],
+    ) {
+        for (param, key) in renames {
+            if let Some(value) = self.non_empty(param) {
+                map.insert((*key).to_owned(), value.into());
+            }
+        }
+    }
+
+    /// Parameters from `(name, value)` pairs (tests and tools).
+    pub fn from_pairs(pairs: &[(&str, &str)]) -> Self {
+        Self(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
     /// Every parameter as a JSON object; repeated names become arrays.
     pub fn to_json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::new();
