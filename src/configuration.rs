@@ -40,6 +40,7 @@ pub struct RawSettings {
     amqp_url: Option<String>,
     amqp_exchange: Option<String>,
     amqp_egress_queue: Option<String>,
+    amqp_egress_queue_type: Option<String>,
     amqp_prefetch: Option<String>,
     bus_prefix: Option<String>,
     instance_id: Option<String>,
@@ -85,6 +86,14 @@ pub enum AppEnv {
     Production,
 }
 
+/// The kind of queue the egress queue is declared as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated and durable (RabbitMQ 3.8+); falls back to classic where the broker refuses.
+    Quorum,
+    Classic,
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -117,6 +126,7 @@ pub struct BusSettings {
     pub amqp_url: Option<SecretString>,
     pub exchange: String,
     pub egress_queue: String,
+    pub egress_queue_type: QueueType,
     pub prefetch: u16,
     pub prefix: String,
     pub instance_id: String,
@@ -221,6 +231,16 @@ impl Settings {
             exchange: non_empty(raw.amqp_exchange).unwrap_or_else(|| "events".to_owned()),
             egress_queue: non_empty(raw.amqp_egress_queue)
                 .unwrap_or_else(|| "ingress-egress.egress".to_owned()),
+            egress_queue_type: match non_empty(raw.amqp_egress_queue_type).as_deref() {
+                None | Some("quorum") => QueueType::Quorum,
+                Some("classic") => QueueType::Classic,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "AMQP_EGRESS_QUEUE_TYPE",
+                        format!("expected quorum or classic, got {other:?}"),
+                    ))
+                }
+            },
             prefetch: parse_or("AMQP_PREFETCH", raw.amqp_prefetch, 32u16)?,
             prefix: raw.bus_prefix.unwrap_or_default(),
             instance_id,

@@ -157,6 +157,12 @@ impl Application {
         self.port
     }
 
+    /// Cancelling this token stops the background work (egress consumer, outbox drainer) as a
+    /// stop signal would; the HTTP server stops on SIGTERM/SIGINT.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
     /// Serves until SIGTERM/SIGINT (or until the server is stopped), then stops background
     /// tasks (the outbox gets a last drain) and closes the broker connection.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {

@@ -36,7 +36,7 @@ use super::{
 use crate::{
     backoff::Backoff,
     bus::{amqp::AmqpBus, memory::MemoryBus, routing_key, Bus},
-    configuration::BusSettings,
+    configuration::{BusSettings, QueueType},
     envelope::topics,
     readiness::ReadyFlag,
 };
@@ -274,7 +274,21 @@ async fn declare_topology(settings: &BusSettings) -> Result<(), String> {
                 AMQPValue::LongString("quorum".into()),
             );
             let mut channel = connection.create_channel().await?;
-            if let Err(error) = channel.queue_declare(queue.into(), durable, quorum).await {
+            // The bus declares the exchange too, on its own connection; declaring it here as
+            // well means the bindings below never race it.
+            crate::bus::amqp::declare_exchange(&channel, &settings.exchange).await?;
+            let quorum_wanted = settings.egress_queue_type == QueueType::Quorum;
+            let declared = if quorum_wanted {
+                channel.queue_declare(queue.into(), durable, quorum).await
+            } else {
+                channel
+                    .queue_declare(queue.into(), durable, FieldTable::default())
+                    .await
+            };
+            if let Err(error) = declared {
+                if !quorum_wanted {
+                    return Err(error);
+                }
                 // Refused (an existing classic queue, or no quorum support): the channel is
                 // closed; declare a classic queue on a fresh one.
                 tracing::info!(%error, queue, "quorum egress queue refused; using a classic queue");

@@ -631,10 +631,55 @@ async fn an_existing_classic_egress_queue_is_used_as_it_is() {
             .unwrap();
         let _ = connection.close(200, "done".into()).await;
     }
-    let mut rig = Rig::start(&url, &[("AMQP_EGRESS_QUEUE", &queue)]).await;
+    let mut rig = Rig::start(
+        &url,
+        &[
+            ("AMQP_EGRESS_QUEUE", &queue),
+            ("AMQP_EGRESS_QUEUE_TYPE", "quorum"),
+        ],
+    )
+    .await;
     let event = reply_to("+14155550195", "through a classic queue");
     rig.publisher.publish(&event).await;
     assert_eq!(rig.status_of(&event).await["status"], "sent");
     assert_eq!(rig.fake.created(Route::Messages).len(), 1);
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn the_egress_queue_is_a_quorum_queue_by_default() {
+    let url = require_broker!();
+    let queue = format!("test-quorum-{}.egress", uuid::Uuid::new_v4().simple());
+    let mut rig = Rig::start(
+        &url,
+        &[
+            ("AMQP_EGRESS_QUEUE", &queue),
+            ("AMQP_EGRESS_QUEUE_TYPE", ""), // unset: the default
+        ],
+    )
+    .await;
+    let event = reply_to("+14155550196", "through a quorum queue");
+    rig.publisher.publish(&event).await;
+    assert_eq!(rig.status_of(&event).await["status"], "sent");
+    // Re-declaring the queue as classic is refused (PRECONDITION_FAILED) only if it is quorum.
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let as_classic = channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await;
+    assert!(
+        as_classic.is_err(),
+        "the egress queue is not a quorum queue"
+    );
+    let _ = connection.close(200, "done".into()).await;
     rig.finish().await;
 }

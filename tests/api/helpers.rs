@@ -61,10 +61,14 @@ pub struct TestApp {
     pub client: reqwest::Client,
     _outbox_guard: Option<tempfile::TempDir>,
     server: tokio::task::JoinHandle<()>,
+    shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
+        // Stop the background tasks first, so the egress consumer does not re-create the queue
+        // deleted below (a test may go on after dropping one app).
+        self.shutdown.cancel();
         self.server.abort();
         // Remove this test's durable exchange and egress queue so the broker does not fill up
         // with them (Drop cannot await: do it on a short-lived thread of its own).
@@ -119,6 +123,9 @@ pub fn base_vars(amqp_url: Option<&str>) -> BTreeMap<String, String> {
     set("PUBLIC_BASE_URL", &tokens.public_base_url);
     set("AMQP_EXCHANGE", &format!("test-{id}"));
     set("AMQP_EGRESS_QUEUE", &format!("test-{id}.egress"));
+    // Classic queues are cheap to create and delete by the hundred; the quorum default has
+    // its own test (egress::the_egress_queue_is_a_quorum_queue_by_default).
+    set("AMQP_EGRESS_QUEUE_TYPE", "classic");
     set("INSTANCE_ID", &format!("test-{id}"));
     set("TWILIO_ACCOUNT_SID", &tokens.account_sid);
     set("TWILIO_AUTH_TOKEN", &tokens.primary_auth_token);
@@ -162,6 +169,7 @@ pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &st
         .await
         .expect("application builds");
     let port = application.port();
+    let shutdown = application.shutdown_token();
     let server = tokio::spawn(async move {
         let _ = application.run_until_stopped().await;
     });
@@ -175,6 +183,7 @@ pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &st
         client: reqwest::Client::new(),
         _outbox_guard: outbox_guard,
         server,
+        shutdown,
     };
     app
 }
