@@ -311,7 +311,8 @@ fn media_from_json(media: Option<&str>) -> Result<Vec<Media>, ApiError> {
                     "Media items must be JSON objects".to_owned(),
                 ));
             }
-            let sid = text(&["Sid", "sid"]);
+            // Webhooks say `Sid`; Event Streams' `message.added` says `MediaSid`.
+            let sid = text(&["Sid", "sid", "MediaSid"]);
             let url = text(&["Url", "url"]);
             if sid.is_none() && url.is_none() {
                 return Err(ApiError::BadRequest(

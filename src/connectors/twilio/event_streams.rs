@@ -310,7 +310,7 @@ mod tests {
             "AccountSid": "AC1", "Author": "+14155550100", "ParticipantSid": "MB1",
             "ConversationSid": "CH1", "MessageSid": "IM1", "Index": 7,
             "MessageBody": "refund?", "Attributes": {"a": 1},
-            "Media": [{"Sid": "ME1", "ContentType": "image/png", "Size": 3}]
+            "Media": [{"MediaSid": "ME1", "Filename": "a.png", "ContentType": "image/png", "Size": 3}]
         });
         let params = conversation_message_params(data.as_object().unwrap());
         assert_eq!(params.get("Body"), Some("refund?"));
