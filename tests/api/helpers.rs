@@ -81,7 +81,7 @@ impl Drop for TestApp {
     }
 }
 
-fn delete_broker_objects(url: &str, exchange: &str, queue: &str) {
+pub fn delete_broker_objects(url: &str, exchange: &str, queue: &str) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -301,4 +301,8 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     second.wait().unwrap();
     assert_eq!(received, accepted);
     assert_eq!(outbox_files(outbox.path()), 0);
+    let queue = vars["AMQP_EGRESS_QUEUE"].clone();
+    std::thread::spawn(move || crate::helpers::delete_broker_objects(&amqp, &exchange, &queue))
+        .join()
+        .unwrap();
 }
