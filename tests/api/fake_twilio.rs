@@ -9,6 +9,11 @@
 //! (401 with Twilio's error 20003 for authentication), with a body naming the violation, so a
 //! broken client fails loudly.
 //!
+//! The Conversations routes answer both the default-service path and the service-scoped one
+//! (`/v1/Services/{ChatServiceSid}/Conversations/…`, see [`Route::service_path_template`]); a
+//! service-scoped request records `ChatServiceSid` in [`RecordedRequest::path_params`], is checked
+//! against the service-scoped operation and gets that operation's resource shape.
+//!
 //! Conformant requests to an emulated [`Route`] get the next scripted [`Reply`] for that route
 //! (FIFO), or the spec-shaped success resource when nothing is queued.
 //!
@@ -38,14 +43,19 @@ use serde_json::{json, Map, Value};
 // Public API
 // ---------------------------------------------------------------------------------------------
 
-/// The operations the fake emulates.
+/// The operations the fake emulates (logical routes: a Conversations route answers both its
+/// default-service and its service-scoped path).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Route {
     /// `POST /2010-04-01/Accounts/{AccountSid}/Messages.json` (CreateMessage, v2010 document).
     Messages,
-    /// `POST /v1/Conversations/{ConversationSid}/Messages` (CreateConversationMessage).
+    /// `POST /v1/Conversations/{ConversationSid}/Messages` (CreateConversationMessage) and
+    /// `POST /v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages`
+    /// (CreateServiceConversationMessage).
     ConversationMessages,
-    /// `POST /v1/Conversations/{ConversationSid}/Participants` (CreateConversationParticipant).
+    /// `POST /v1/Conversations/{ConversationSid}/Participants` (CreateConversationParticipant)
+    /// and `POST /v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Participants`
+    /// (CreateServiceConversationParticipant).
     ConversationParticipants,
 }
 
@@ -56,13 +66,33 @@ impl Route {
         Route::ConversationParticipants,
     ];
 
-    /// The path template exactly as written in the OpenAPI document.
+    /// The path template exactly as written in the OpenAPI document (for the Conversations
+    /// routes, the default-service one).
     pub fn path_template(self) -> &'static str {
         match self {
             Route::Messages => "/2010-04-01/Accounts/{AccountSid}/Messages.json",
             Route::ConversationMessages => "/v1/Conversations/{ConversationSid}/Messages",
             Route::ConversationParticipants => "/v1/Conversations/{ConversationSid}/Participants",
         }
+    }
+
+    /// The service-scoped path template of a Conversations route, as written in the document.
+    pub fn service_path_template(self) -> Option<&'static str> {
+        match self {
+            Route::Messages => None,
+            Route::ConversationMessages => {
+                Some("/v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages")
+            }
+            Route::ConversationParticipants => {
+                Some("/v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Participants")
+            }
+        }
+    }
+
+    /// Every path template the route answers: [`Route::path_template`], then
+    /// [`Route::service_path_template`] when there is one.
+    pub fn path_templates(self) -> impl Iterator<Item = &'static str> {
+        std::iter::once(self.path_template()).chain(self.service_path_template())
     }
 
     pub fn method(self) -> &'static str {
@@ -78,28 +108,42 @@ impl Route {
         }
     }
 
-    /// The operation object from the OpenAPI document.
+    /// The operation object from the OpenAPI document (at [`Route::path_template`]).
     pub fn operation(self) -> &'static Value {
-        let operation = &self.document().json()["paths"][self.path_template()]["post"];
+        self.operation_at(self.path_template())
+    }
+
+    /// The operation object at one of the route's templates.
+    fn operation_at(self, template: &str) -> &'static Value {
+        let operation = &self.document().json()["paths"][template]["post"];
         if operation.is_object() {
             return operation;
         }
         panic!(
             "FakeTwilio: {} has no POST {}",
             self.document().file_name(),
-            self.path_template()
+            template
         )
     }
 
     /// The success status code the document declares for the operation (201 for creates).
     pub fn success_status(self) -> u16 {
-        success_response(self).0
+        success_response(self, self.path_template()).0
+    }
+
+    /// The template a request to this route was matched with: the service-scoped one when the
+    /// path carried a `ChatServiceSid`.
+    fn template_for(self, path_params: &BTreeMap<String, String>) -> &'static str {
+        match self.service_path_template() {
+            Some(scoped) if path_params.contains_key("ChatServiceSid") => scoped,
+            _ => self.path_template(),
+        }
     }
 
     fn from_template(template: &str, method: &str) -> Option<Route> {
-        Route::ALL
-            .into_iter()
-            .find(|r| r.path_template() == template && r.method().eq_ignore_ascii_case(method))
+        Route::ALL.into_iter().find(|r| {
+            r.path_templates().any(|t| t == template) && r.method().eq_ignore_ascii_case(method)
+        })
     }
 }
 
@@ -202,7 +246,8 @@ pub struct RecordedRequest {
     pub method: String,
     /// The path as received (still percent-encoded), without the query string.
     pub path: String,
-    /// Decoded path parameters named as in the document, e.g. `AccountSid`, `ConversationSid`.
+    /// Decoded path parameters named as in the document, e.g. `AccountSid`, `ConversationSid`,
+    /// and `ChatServiceSid` for a service-scoped Conversations request.
     pub path_params: BTreeMap<String, String>,
     /// The decoded form body, in order (repeated keys stay repeated).
     pub params: Vec<(String, String)>,
@@ -405,8 +450,20 @@ impl Drop for FakeTwilio {
 /// success status: every listed property present, none unlisted, each value valid for its
 /// property schema (OpenAPI `nullable` honoured). Empty = spec-shaped.
 pub fn response_problems(route: Route, body: &Value) -> Vec<String> {
+    response_problems_at(route, route.path_template(), body)
+}
+
+/// [`response_problems`] against the service-scoped operation of a Conversations route.
+pub fn service_response_problems(route: Route, body: &Value) -> Vec<String> {
+    let template = route
+        .service_path_template()
+        .unwrap_or_else(|| panic!("FakeTwilio: {route:?} has no service-scoped path"));
+    response_problems_at(route, template, body)
+}
+
+fn response_problems_at(route: Route, template: &str, body: &Value) -> Vec<String> {
     let doc = route.document().json();
-    let (status, response) = success_response(route);
+    let (status, response) = success_response(route, template);
     let Some(schema) = response
         .pointer("/content/application~1json/schema")
         .map(|s| resolve(doc, s))
@@ -640,7 +697,10 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
 
 fn answer_for(state: &State, route: Route, req: &RecordedRequest, reply: Reply) -> Answer {
     match reply {
-        Reply::Success => create(state, route, req, route.success_status(), None),
+        Reply::Success => {
+            let status = success_response(route, route.template_for(&req.path_params)).0;
+            create(state, route, req, status, None)
+        }
         Reply::Status {
             status,
             retry_after,
@@ -746,9 +806,9 @@ fn create(
 // Spec-shaped success bodies
 // ---------------------------------------------------------------------------------------------
 
-fn success_response(route: Route) -> (u16, &'static Value) {
+fn success_response(route: Route, template: &str) -> (u16, &'static Value) {
     let doc = route.document().json();
-    let responses = route.operation()["responses"]
+    let responses = route.operation_at(template)["responses"]
         .as_object()
         .unwrap_or_else(|| panic!("FakeTwilio: {route:?} has no responses in the document"));
     responses
@@ -762,9 +822,9 @@ fn success_response(route: Route) -> (u16, &'static Value) {
 }
 
 /// The property names of the success response schema, in document order.
-fn response_properties(route: Route) -> Vec<String> {
+fn response_properties(route: Route, template: &str) -> Vec<String> {
     let doc = route.document().json();
-    success_response(route)
+    success_response(route, template)
         .1
         .pointer("/content/application~1json/schema")
         .map(|s| resolve(doc, s))
@@ -775,10 +835,11 @@ fn response_properties(route: Route) -> Vec<String> {
 
 fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRequest) -> Value {
     // Start from every property the schema lists (null), then fill in plausible values.
-    let mut body: Map<String, Value> = response_properties(route)
-        .into_iter()
-        .map(|k| (k, Value::Null))
-        .collect();
+    let mut body: Map<String, Value> =
+        response_properties(route, route.template_for(&req.path_params))
+            .into_iter()
+            .map(|k| (k, Value::Null))
+            .collect();
     let opt = |name: &str| req.param(name).map_or(Value::Null, |v| json!(v));
     let now = chrono::Utc::now();
     match route {
@@ -844,7 +905,8 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
                 .get(&(conversation.clone(), author.clone()))
                 .map_or(Value::Null, |s| json!(s));
             let url = format!(
-                "https://conversations.twilio.com/v1/Conversations/{conversation_sid}/Messages/{sid}"
+                "{}/Messages/{sid}",
+                conversation_resource_url(req, &conversation_sid)
             );
             let media = req.param("MediaSid").map_or(Value::Null, |m| {
                 json!([{
@@ -876,6 +938,7 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
                 "content_sid": opt("ContentSid"),
             });
             merge(&mut body, fields);
+            merge_chat_service(&mut body, req);
         }
         Route::ConversationParticipants => {
             let conversation = req
@@ -906,11 +969,12 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
                 "role_sid": req.param("RoleSid").map_or_else(|| derived_sid("RL", "default-conversation-role"), str::to_owned),
                 "date_created": req.param("DateCreated").map_or_else(|| iso(now), str::to_owned),
                 "date_updated": req.param("DateUpdated").map_or_else(|| iso(now), str::to_owned),
-                "url": format!("https://conversations.twilio.com/v1/Conversations/{conversation_sid}/Participants/{sid}"),
+                "url": format!("{}/Participants/{sid}", conversation_resource_url(req, &conversation_sid)),
                 "last_read_message_index": null,
                 "last_read_timestamp": null,
             });
             merge(&mut body, fields);
+            merge_chat_service(&mut body, req);
         }
     }
     Value::Object(body)
@@ -919,6 +983,24 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
 fn merge(body: &mut Map<String, Value>, fields: Value) {
     if let Value::Object(fields) = fields {
         body.extend(fields);
+    }
+}
+
+/// A service-scoped resource carries `chat_service_sid` (only its schema lists it).
+fn merge_chat_service(body: &mut Map<String, Value>, req: &RecordedRequest) {
+    if let Some(service) = req.path_params.get("ChatServiceSid") {
+        body.insert("chat_service_sid".to_owned(), json!(service));
+    }
+}
+
+/// `https://conversations.twilio.com/v1[/Services/{ChatServiceSid}]/Conversations/{sid}`,
+/// scoped like the request.
+fn conversation_resource_url(req: &RecordedRequest, conversation_sid: &str) -> String {
+    match req.path_params.get("ChatServiceSid") {
+        Some(service) => format!(
+            "https://conversations.twilio.com/v1/Services/{service}/Conversations/{conversation_sid}"
+        ),
+        None => format!("https://conversations.twilio.com/v1/Conversations/{conversation_sid}"),
     }
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 
 mod architecture;
 mod conversations;
+mod conversations_service;
 mod debug_snapshot;
 mod egress;
 mod egress_reconnect;

@@ -1,6 +1,10 @@
 //! Twilio REST client: Programmable Messaging (`Messages.json`), Conversations messages and
 //! Conversations participants.
 //!
+//! With `TWILIO_CHAT_SERVICE_SID` configured, Conversations calls use the service-scoped paths
+//! (`/v1/Services/{ChatServiceSid}/Conversations/…`): conversations in a non-default
+//! Conversation Service are not reachable through the default-service paths.
+//!
 //! One pooled [`reqwest::Client`] with connect and request timeouts serves every call. Requests
 //! authenticate with HTTP Basic: `TWILIO_API_KEY`/`TWILIO_API_SECRET` when configured, else the
 //! account SID and auth token. Sends carry an `I-Twilio-Idempotency-Token` chosen by the caller,
@@ -51,7 +55,8 @@ pub struct NewMessage<'a> {
     pub idempotency_token: &'a str,
 }
 
-/// `POST /v1/Conversations/{ConversationSid}/Messages`.
+/// `POST /v1/Conversations/{ConversationSid}/Messages` (or, with a chat service configured,
+/// `POST /v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages`).
 #[derive(Clone, Debug)]
 pub struct NewConversationMessage<'a> {
     pub conversation_sid: &'a str,
@@ -157,6 +162,8 @@ pub struct TwilioRest {
     http: reqwest::Client,
     api_base_url: Url,
     conversations_base_url: Url,
+    /// `IS…`: scopes Conversations calls to this Conversation Service.
+    chat_service_sid: Option<String>,
     account_sid: Option<String>,
     username: Option<String>,
     password: SecretString,
@@ -170,6 +177,7 @@ impl std::fmt::Debug for TwilioRest {
                 "conversations_base_url",
                 &self.conversations_base_url.as_str(),
             )
+            .field("chat_service_sid", &self.chat_service_sid)
             .field("account_sid", &self.account_sid)
             .finish_non_exhaustive()
     }
@@ -194,6 +202,7 @@ impl TwilioRest {
             http,
             api_base_url: settings.api_base_url.clone(),
             conversations_base_url: settings.conversations_base_url.clone(),
+            chat_service_sid: settings.chat_service_sid.clone(),
             account_sid: settings.account_sid.clone(),
             username,
             password,
@@ -235,10 +244,7 @@ impl TwilioRest {
         &self,
         message: &NewConversationMessage<'_>,
     ) -> Result<Created, RestError> {
-        let url = join(
-            &self.conversations_base_url,
-            &["v1", "Conversations", message.conversation_sid, "Messages"],
-        );
+        let url = self.conversation_url(message.conversation_sid, "Messages");
         let mut form: Vec<(&str, &str)> = Vec::new();
         if let Some(author) = message.author {
             form.push(("Author", author));
@@ -262,10 +268,7 @@ impl TwilioRest {
         conversation_sid: &str,
         identity: &str,
     ) -> Result<ParticipantAdded, RestError> {
-        let url = join(
-            &self.conversations_base_url,
-            &["v1", "Conversations", conversation_sid, "Participants"],
-        );
+        let url = self.conversation_url(conversation_sid, "Participants");
         let token = idempotency_token(&format!("participant|{conversation_sid}|{identity}"));
         match self
             .post_form(url, &[("Identity", identity)], Some(&token))
@@ -285,6 +288,17 @@ impl TwilioRest {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The URL of a conversation's sub-resource (`Messages`, `Participants`), scoped to the
+    /// configured chat service when there is one.
+    fn conversation_url(&self, conversation_sid: &str, resource: &str) -> Url {
+        conversation_resource_url(
+            &self.conversations_base_url,
+            self.chat_service_sid.as_deref(),
+            conversation_sid,
+            resource,
+        )
     }
 
     async fn post_form(
@@ -378,6 +392,30 @@ fn join(base: &Url, segments: &[&str]) -> Url {
     url
 }
 
+/// `/v1/Conversations/{conversation_sid}/{resource}`, or with a chat service
+/// `/v1/Services/{chat_service_sid}/Conversations/{conversation_sid}/{resource}`.
+fn conversation_resource_url(
+    base: &Url,
+    chat_service_sid: Option<&str>,
+    conversation_sid: &str,
+    resource: &str,
+) -> Url {
+    match chat_service_sid {
+        Some(service) => join(
+            base,
+            &[
+                "v1",
+                "Services",
+                service,
+                "Conversations",
+                conversation_sid,
+                resource,
+            ],
+        ),
+        None => join(base, &["v1", "Conversations", conversation_sid, resource]),
+    }
+}
+
 fn created(json: &Value) -> Created {
     Created {
         sid: json
@@ -466,6 +504,42 @@ mod tests {
         assert_eq!(
             join(&base, &["v1", "Conversations", "CH1", "Messages"]).as_str(),
             "https://api.twilio.com/v1/Conversations/CH1/Messages"
+        );
+    }
+
+    #[test]
+    fn conversation_urls_are_service_scoped_only_with_a_chat_service() {
+        const SERVICE: &str = "IS0123456789abcdef0123456789abcdef";
+        const CONVERSATION: &str = "CH0123456789abcdef0123456789abcdef";
+        let base = Url::parse("https://conversations.twilio.com").unwrap();
+        assert_eq!(
+            conversation_resource_url(&base, None, CONVERSATION, "Messages").as_str(),
+            format!("https://conversations.twilio.com/v1/Conversations/{CONVERSATION}/Messages")
+        );
+        assert_eq!(
+            conversation_resource_url(&base, None, CONVERSATION, "Participants").as_str(),
+            format!(
+                "https://conversations.twilio.com/v1/Conversations/{CONVERSATION}/Participants"
+            )
+        );
+        assert_eq!(
+            conversation_resource_url(&base, Some(SERVICE), CONVERSATION, "Messages").as_str(),
+            format!(
+                "https://conversations.twilio.com/v1/Services/{SERVICE}/Conversations/{CONVERSATION}/Messages"
+            )
+        );
+        assert_eq!(
+            conversation_resource_url(&base, Some(SERVICE), CONVERSATION, "Participants")
+                .as_str(),
+            format!(
+                "https://conversations.twilio.com/v1/Services/{SERVICE}/Conversations/{CONVERSATION}/Participants"
+            )
+        );
+        // A base path prefix is kept, and a unique name is percent-encoded as one segment.
+        let base = Url::parse("http://127.0.0.1:9/twilio/").unwrap();
+        assert_eq!(
+            conversation_resource_url(&base, Some(SERVICE), "my room/1", "Messages").as_str(),
+            format!("http://127.0.0.1:9/twilio/v1/Services/{SERVICE}/Conversations/my%20room%2F1/Messages")
         );
     }
 
