@@ -397,6 +397,80 @@ async fn a_500_then_200_sends_exactly_one_message_with_one_token() {
 }
 
 #[tokio::test]
+async fn a_500_after_twilio_created_the_message_is_looked_up_not_sent_again() {
+    let url = require_broker!();
+    let mut rig = Rig::start(&url, &[]).await;
+    // Realistic Messages API: the idempotency token does not stop a second create.
+    rig.fake.set_idempotency_emulation(false);
+    rig.fake
+        .enqueue(Route::Messages, Reply::CreatedButFailed { status: 500 });
+    let to = "+14155550133";
+    let event = reply_to(to, "Created, but we saw a 500");
+    rig.publisher.publish(&event).await;
+    let status = rig.status_of(&event).await;
+    assert_eq!(status["status"], "sent", "{status}");
+
+    let messages = rig.fake.messages();
+    assert_eq!(messages.len(), 1, "exactly one message: {messages:?}");
+    assert_eq!(rig.fake.created(Route::Messages).len(), 1);
+    assert_eq!(rig.fake.requests_to(Route::Messages).len(), 1, "no resend");
+    assert_eq!(status["providerSid"], messages[0]["sid"], "{status}");
+    assert_eq!(status["providerSids"], json!([messages[0]["sid"]]));
+
+    let lookups = rig.fake.requests_to(Route::ListMessages);
+    assert_eq!(lookups.len(), 1, "one lookup before the retry");
+    assert_eq!(lookups[0].query_param("To"), Some(to));
+    assert_eq!(lookups[0].query_param("From"), Some(FROM));
+    assert!(lookups[0].query_param("DateSent>").is_some());
+    assert_eq!(lookups[0].query_param("PageSize"), Some("20"));
+    assert!(lookups[0].idempotency_token.is_none());
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn a_plain_500_is_looked_up_then_sent_exactly_once() {
+    let url = require_broker!();
+    let mut rig = Rig::start(&url, &[]).await;
+    rig.fake.set_idempotency_emulation(false);
+    rig.fake.enqueue(
+        Route::Messages,
+        Reply::Status {
+            status: 500,
+            retry_after: None,
+            body: None,
+        },
+    );
+    let event = reply_to("+14155550134", "Nothing created the first time");
+    rig.publisher.publish(&event).await;
+    let status = rig.status_of(&event).await;
+    assert_eq!(status["status"], "sent", "{status}");
+    assert_eq!(status["attempts"], 2);
+
+    assert_eq!(rig.fake.requests_to(Route::ListMessages).len(), 1);
+    assert_eq!(rig.fake.requests_to(Route::Messages).len(), 2, "resent");
+    let messages = rig.fake.messages();
+    assert_eq!(messages.len(), 1, "exactly one message: {messages:?}");
+    assert_eq!(status["providerSid"], messages[0]["sid"], "{status}");
+    rig.finish().await;
+}
+
+#[tokio::test]
+async fn a_429_is_retried_without_a_lookup() {
+    let url = require_broker!();
+    let mut rig = Rig::start(&url, &[]).await;
+    rig.fake.set_idempotency_emulation(false);
+    rig.fake
+        .enqueue(Route::Messages, Reply::too_many_requests(Some(1)));
+    let event = reply_to("+14155550135", "Rejected, not ambiguous");
+    rig.publisher.publish(&event).await;
+    let status = rig.status_of(&event).await;
+    assert_eq!(status["status"], "sent", "{status}");
+    assert_eq!(rig.fake.requests_to(Route::ListMessages).len(), 0);
+    assert_eq!(rig.fake.messages().len(), 1);
+    rig.finish().await;
+}
+
+#[tokio::test]
 async fn retries_are_bounded_then_dead_lettered() {
     let url = require_broker!();
     let mut rig = Rig::start(&url, &[("TWILIO_MAX_SEND_ATTEMPTS", "3")]).await;

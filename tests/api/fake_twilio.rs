@@ -25,6 +25,13 @@
 //! - Adding a participant whose `Identity` already is in the conversation answers 409 with
 //!   error 50433 (see [`FakeTwilio::seed_participant`]).
 //! - A Messages `Body` longer than 1600 characters answers 400 with error 21617.
+//!
+//! [`FakeTwilio::set_idempotency_emulation`]`(false)` switches the token replay off (realistic
+//! for the Messages API, whose creates are not idempotent: every successful create creates a
+//! new message). [`Route::ListMessages`] (`GET …/Messages.json`) lists the messages created so
+//! far, newest first, filtered by `To`, `From` and `DateSent` / `DateSent>` / `DateSent<`
+//! (compared with `date_sent`, or `date_created` while `date_sent` is still null; the fake never
+//! sends, so its messages stay `queued`), one page of `PageSize`.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -57,20 +64,25 @@ pub enum Route {
     /// and `POST /v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Participants`
     /// (CreateServiceConversationParticipant).
     ConversationParticipants,
+    /// `GET /2010-04-01/Accounts/{AccountSid}/Messages.json` (ListMessage, v2010 document).
+    ListMessages,
 }
 
 impl Route {
-    pub const ALL: [Route; 3] = [
+    pub const ALL: [Route; 4] = [
         Route::Messages,
         Route::ConversationMessages,
         Route::ConversationParticipants,
+        Route::ListMessages,
     ];
 
     /// The path template exactly as written in the OpenAPI document (for the Conversations
     /// routes, the default-service one).
     pub fn path_template(self) -> &'static str {
         match self {
-            Route::Messages => "/2010-04-01/Accounts/{AccountSid}/Messages.json",
+            Route::Messages | Route::ListMessages => {
+                "/2010-04-01/Accounts/{AccountSid}/Messages.json"
+            }
             Route::ConversationMessages => "/v1/Conversations/{ConversationSid}/Messages",
             Route::ConversationParticipants => "/v1/Conversations/{ConversationSid}/Participants",
         }
@@ -79,7 +91,7 @@ impl Route {
     /// The service-scoped path template of a Conversations route, as written in the document.
     pub fn service_path_template(self) -> Option<&'static str> {
         match self {
-            Route::Messages => None,
+            Route::Messages | Route::ListMessages => None,
             Route::ConversationMessages => {
                 Some("/v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages")
             }
@@ -96,12 +108,15 @@ impl Route {
     }
 
     pub fn method(self) -> &'static str {
-        "POST"
+        match self {
+            Route::ListMessages => "GET",
+            _ => "POST",
+        }
     }
 
     pub fn document(self) -> SpecDocument {
         match self {
-            Route::Messages => SpecDocument::ApiV2010,
+            Route::Messages | Route::ListMessages => SpecDocument::ApiV2010,
             Route::ConversationMessages | Route::ConversationParticipants => {
                 SpecDocument::ConversationsV1
             }
@@ -115,18 +130,21 @@ impl Route {
 
     /// The operation object at one of the route's templates.
     fn operation_at(self, template: &str) -> &'static Value {
-        let operation = &self.document().json()["paths"][template]["post"];
+        let method = self.method().to_ascii_lowercase();
+        let operation = &self.document().json()["paths"][template][method.as_str()];
         if operation.is_object() {
             return operation;
         }
         panic!(
-            "FakeTwilio: {} has no POST {}",
+            "FakeTwilio: {} has no {} {}",
             self.document().file_name(),
+            self.method(),
             template
         )
     }
 
-    /// The success status code the document declares for the operation (201 for creates).
+    /// The success status code the document declares for the operation (201 for creates, 200
+    /// for the list).
     pub fn success_status(self) -> u16 {
         success_response(self, self.path_template()).0
     }
@@ -220,6 +238,10 @@ pub enum Reply {
     /// would be at Twilio), only the answer is late, so a client that times out and retries
     /// with the same idempotency token gets the same resource back.
     Delayed { delay: Duration, reply: Box<Reply> },
+    /// Creates the resource as [`Reply::Success`] would (it counts in
+    /// [`FakeTwilio::created`] and is listed), then answers `status` with Twilio's error JSON
+    /// (code `20000 + status`): Twilio created the message but we see a failure.
+    CreatedButFailed { status: u16 },
 }
 
 impl Reply {
@@ -255,6 +277,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// `I-Twilio-Idempotency-Token`.
     pub idempotency_token: Option<String>,
+    /// The decoded query string, in order.
+    pub query: Vec<(String, String)>,
     pub received_at: Instant,
 }
 
@@ -262,6 +286,14 @@ impl RecordedRequest {
     /// The first value of form parameter `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
         self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first value of query parameter `name` (e.g. `DateSent>`).
+    pub fn query_param(&self, name: &str) -> Option<&str> {
+        self.query
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
@@ -393,6 +425,17 @@ impl FakeTwilio {
             .filter(|r| r.route == Some(route))
             .cloned()
             .collect()
+    }
+
+    /// The Messages resources created so far (what ListMessages lists), oldest first.
+    pub fn messages(&self) -> Vec<Value> {
+        self.state.lock().messages.clone()
+    }
+
+    /// On (the default): a repeated `I-Twilio-Idempotency-Token` replays the first successful
+    /// create. Off: every successful create creates a new resource, as the Messages API may.
+    pub fn set_idempotency_emulation(&self, on: bool) {
+        self.state.lock().no_idempotency = !on;
     }
 
     /// Every way a request departed from the OpenAPI documents (empty = all conformant).
@@ -533,6 +576,10 @@ struct Inner {
     participants: HashMap<(String, String), String>,
     /// conversation as in the path → next message index.
     message_index: HashMap<String, i64>,
+    /// `I-Twilio-Idempotency-Token` replay switched off.
+    no_idempotency: bool,
+    /// Every Messages resource created, oldest first (what ListMessages lists).
+    messages: Vec<Value>,
 }
 
 struct Answer {
@@ -630,6 +677,7 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         params,
         headers,
         idempotency_token,
+        query,
         received_at,
     };
     let violations: Vec<String> = problems
@@ -696,7 +744,29 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
 }
 
 fn answer_for(state: &State, route: Route, req: &RecordedRequest, reply: Reply) -> Answer {
+    if route == Route::ListMessages {
+        return match reply {
+            Reply::Success => Answer::json(200, list_messages(state, req)),
+            Reply::Status { status, .. } if (200..300).contains(&status) => {
+                Answer::json(status, list_messages(state, req))
+            }
+            other => failure_answer(other),
+        };
+    }
     match reply {
+        Reply::CreatedButFailed { status } => {
+            let success = success_response(route, route.template_for(&req.path_params)).0;
+            let created = create(state, route, req, success, None);
+            if (200..300).contains(&created.status) {
+                failure_answer(Reply::Status {
+                    status,
+                    retry_after: None,
+                    body: None,
+                })
+            } else {
+                created
+            }
+        }
         Reply::Success => {
             let status = success_response(route, route.template_for(&req.path_params)).0;
             create(state, route, req, status, None)
@@ -732,6 +802,97 @@ fn answer_for(state: &State, route: Route, req: &RecordedRequest, reply: Reply) 
     }
 }
 
+/// A non-success scripted reply (no resource involved).
+fn failure_answer(reply: Reply) -> Answer {
+    match reply {
+        Reply::Status {
+            status,
+            retry_after,
+            body,
+        } => {
+            let body = body.unwrap_or_else(|| {
+                let reason = StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Error");
+                twilio_error(status, 20000 + u32::from(status), reason)
+            });
+            let mut answer = Answer::json(status, body);
+            if let Some(secs) = retry_after {
+                answer.headers.push(("Retry-After", secs.to_string()));
+            }
+            answer
+        }
+        Reply::TwilioError {
+            status,
+            code,
+            message,
+        } => Answer::json(status, twilio_error(status, code, &message)),
+        Reply::CreatedButFailed { status } => failure_answer(Reply::Status {
+            status,
+            retry_after: None,
+            body: None,
+        }),
+        Reply::Delayed { reply, .. } => failure_answer(*reply),
+        Reply::Success => Answer::json(500, twilio_error(500, 20500, "FakeTwilio: no failure")),
+    }
+}
+
+/// ListMessage: the created messages, newest first, filtered by `To`, `From` and the
+/// `DateSent` filters, one page of `PageSize` (default 50).
+fn list_messages(state: &State, req: &RecordedRequest) -> Value {
+    let inner = state.lock();
+    let account = req
+        .path_params
+        .get("AccountSid")
+        .cloned()
+        .unwrap_or_default();
+    let instant = |v: &str| chrono::DateTime::parse_from_rfc3339(v).ok();
+    let after = req.query_param("DateSent>").and_then(instant);
+    let before = req.query_param("DateSent<").and_then(instant);
+    let on = req
+        .query_param("DateSent")
+        .and_then(instant)
+        .map(|d| d.date_naive());
+    let page_size: usize = req
+        .query_param("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50);
+    let messages: Vec<Value> = inner
+        .messages
+        .iter()
+        .rev()
+        .filter(|m| req.query_param("To").is_none_or(|to| m["to"] == to))
+        .filter(|m| req.query_param("From").is_none_or(|from| m["from"] == from))
+        .filter(|m| {
+            let sent = m["date_sent"]
+                .as_str()
+                .or(m["date_created"].as_str())
+                .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok());
+            let Some(sent) = sent else {
+                return after.is_none() && before.is_none() && on.is_none();
+            };
+            after.is_none_or(|a| sent >= a)
+                && before.is_none_or(|b| sent <= b)
+                && on.is_none_or(|d| sent.date_naive() == d)
+        })
+        .take(page_size)
+        .cloned()
+        .collect();
+    let uri = format!("/2010-04-01/Accounts/{account}/Messages.json?PageSize={page_size}&Page=0");
+    json!({
+        "end": messages.len().saturating_sub(1),
+        "first_page_uri": uri,
+        "next_page_uri": null,
+        "page": 0,
+        "page_size": page_size,
+        "previous_page_uri": null,
+        "start": 0,
+        "uri": uri,
+        "messages": messages,
+    })
+}
+
 /// A successful create (or the replay of one for a repeated idempotency token).
 fn create(
     state: &State,
@@ -744,6 +905,7 @@ fn create(
     let key = req
         .idempotency_token
         .as_ref()
+        .filter(|_| !inner.no_idempotency)
         .map(|t| (route, req.path.clone(), t.clone()));
     if let Some((status, body)) = key.as_ref().and_then(|k| inner.idempotent.get(k)) {
         return Answer::json(*status, body.clone());
@@ -785,9 +947,12 @@ fn create(
                 }
             }
         }
-        Route::ConversationMessages => {}
+        Route::ConversationMessages | Route::ListMessages => {}
     }
     let body = body.unwrap_or_else(|| success_body(state, &mut inner, route, req));
+    if route == Route::Messages {
+        inner.messages.push(body.clone());
+    }
     if route == Route::ConversationParticipants {
         if let (Some(identity), Some(sid)) = (req.param("Identity"), body["sid"].as_str()) {
             inner
@@ -976,6 +1141,7 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
             merge(&mut body, fields);
             merge_chat_service(&mut body, req);
         }
+        Route::ListMessages => {}
     }
     Value::Object(body)
 }

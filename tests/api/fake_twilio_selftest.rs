@@ -264,8 +264,12 @@ async fn fake_twilio_checks_alternatives_enums_patterns_content_type_and_paths()
     let nowhere = format!("{}/2010-04-01/Accounts/{ACCOUNT}/Messages", fake.base_url);
     let (status, _, _) = post_form(&nowhere, &[("To", "+1")], &[]).await;
     assert_eq!(status, 400);
+    let fetch = format!(
+        "{}/2010-04-01/Accounts/{ACCOUNT}/Messages/SM0123456789abcdef0123456789abcdef.json",
+        fake.base_url
+    );
     let response = reqwest::Client::new()
-        .get(&url)
+        .get(&fetch)
         .basic_auth(ACCOUNT, Some(TOKEN))
         .send()
         .await
@@ -275,7 +279,7 @@ async fn fake_twilio_checks_alternatives_enums_patterns_content_type_and_paths()
     assert!(v[0].contains("no path in"), "{v:?}");
     assert!(
         v.iter()
-            .any(|v| v.contains("ListMessage") && v.contains("does not emulate")),
+            .any(|v| v.contains("FetchMessage") && v.contains("does not emulate")),
         "{v:?}"
     );
     assert!(fake
@@ -595,4 +599,93 @@ fn fake_twilio_response_problems_catches_misshapen_bodies() {
         problems.iter().any(|p| p.contains("`bogus` is not in")),
         "{problems:?}"
     );
+}
+
+#[tokio::test]
+async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
+    let fake = FakeTwilio::start(ACCOUNT, TOKEN).await;
+    fake.set_idempotency_emulation(false);
+    let url = messages_url(&fake);
+    let params = [
+        ("To", "+15558675310"),
+        ("From", "+15017122661"),
+        ("Body", "hi"),
+    ];
+    let token = [("I-Twilio-Idempotency-Token", "same")];
+    fake.enqueue(Route::Messages, Reply::CreatedButFailed { status: 500 });
+    let (status, _, body) = post_form(&url, &params, &token).await;
+    assert_eq!(status, 500);
+    assert_twilio_error_shape(&body, 500, 20500);
+    let (status, _, second) = post_form(&url, &params, &token).await;
+    assert_eq!(status, 201);
+    assert_eq!(
+        fake.created(Route::Messages).len(),
+        2,
+        "no idempotency emulation: the same token creates again"
+    );
+    post_form(
+        &url,
+        &[
+            ("To", "+15558675399"),
+            ("From", "+15017122661"),
+            ("Body", "other"),
+        ],
+        &[],
+    )
+    .await;
+
+    let list = |query: Vec<(&'static str, String)>| {
+        let url = url.clone();
+        async move {
+            let response = reqwest::Client::new()
+                .get(&url)
+                .basic_auth(ACCOUNT, Some(TOKEN))
+                .query(&query)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let today = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (status, page) = list(vec![
+        ("To", "+15558675310".into()),
+        ("From", "+15017122661".into()),
+        ("DateSent>", today),
+        ("PageSize", "20".into()),
+    ])
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(Route::ListMessages.success_status(), 200);
+    assert!(
+        response_problems(Route::ListMessages, &page).is_empty(),
+        "{:?}",
+        response_problems(Route::ListMessages, &page)
+    );
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2, "{page}");
+    assert_eq!(messages[0]["sid"], second["sid"], "newest first");
+    assert!(messages.iter().all(|m| m["to"] == "+15558675310"));
+
+    let tomorrow = (chrono::Utc::now() + chrono::TimeDelta::days(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (_, page) = list(vec![("DateSent>", tomorrow)]).await;
+    assert_eq!(page["messages"], json!([]));
+    let (_, page) = list(vec![]).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 3);
+
+    // A query parameter the operation does not define is a violation.
+    let (status, _) = list(vec![("Sender", "x".into())]).await;
+    assert_eq!(status, 400);
+    assert!(fake
+        .violations()
+        .iter()
+        .any(|v| v.contains("`Sender` is not defined for ListMessage")));
+    assert_eq!(fake.requests_to(Route::ListMessages).len(), 4);
 }

@@ -7,13 +7,27 @@
 //! `StatusCallback` (`TWILIO_STATUS_CALLBACK_URL` + `correlationId=`). Twilio errors map onto
 //! the engine's retry policy: 429/5xx/network retry, other 4xx are permanent, 21610 is an
 //! opt-out.
+//!
+//! A Messages create is not idempotent at Twilio even with `I-Twilio-Idempotency-Token`: after
+//! a 5xx or a timeout the message may already exist. The sink remembers, per idempotency token,
+//! when the first such ambiguous attempt started; before the next attempt of that part it lists
+//! the recipient's messages since then ([`TwilioRest::find_created_message`]) and, when the
+//! message is there, reports it as accepted instead of sending it again. A failed lookup falls
+//! back to resending. The memory is per process: a redelivery to another instance resends.
 
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+};
+
+use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use url::Url;
 
 use super::{
     rest::{
-        MessageSender, NewConversationMessage, NewMessage, RestError, TwilioRest, ERROR_OPTED_OUT,
+        Created, MessageSender, NewConversationMessage, NewMessage, RestError, TwilioRest,
+        ERROR_OPTED_OUT,
     },
     TwilioConnector, CONNECTOR,
 };
@@ -27,15 +41,74 @@ pub const MAX_BODY_CHARS: usize = 1600;
 /// Twilio accepts up to 10 `MediaUrl` per message.
 const MAX_MEDIA_URLS: usize = 10;
 
+/// How long an ambiguous attempt is remembered (the engine's retries finish far sooner).
+const AMBIGUOUS_MEMORY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 pub struct TwilioSink {
     connector: TwilioConnector,
     rest: TwilioRest,
+    /// Idempotency token → start of the first Messages attempt of that part whose outcome is
+    /// unknown (5xx, timeout, network failure after connecting).
+    ambiguous: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
 impl TwilioSink {
     pub fn new(connector: TwilioConnector) -> Self {
         let rest = connector.rest().clone();
-        Self { connector, rest }
+        Self {
+            connector,
+            rest,
+            ambiguous: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn ambiguous(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
+        self.ambiguous
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends through Programmable Messaging; when an earlier attempt of this part ended
+    /// ambiguously, first looks for the message that attempt may have created.
+    async fn send_message(&self, message: &NewMessage<'_>) -> Result<Created, RestError> {
+        let token = message.idempotency_token;
+        let earlier = self.ambiguous().get(token).copied();
+        if let Some(since) = earlier {
+            match self.rest.find_created_message(message, since).await {
+                Ok(Some(found)) => {
+                    self.ambiguous().remove(token);
+                    tracing::info!(
+                        provider_sid = %found.sid,
+                        "an earlier ambiguous attempt had created the message; not sending it again"
+                    );
+                    return Ok(found);
+                }
+                Ok(None) => {
+                    tracing::info!("no message from the earlier ambiguous attempt; sending again");
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        error = %error.summary(),
+                        "looking up the earlier ambiguous attempt failed; sending again"
+                    );
+                }
+            }
+        }
+        let started = Utc::now();
+        let result = self.rest.create_message(message).await;
+        let mut ambiguous = self.ambiguous();
+        match &result {
+            Err(error) if error.is_ambiguous() => {
+                ambiguous.retain(|_, at| started - *at < AMBIGUOUS_MEMORY);
+                ambiguous.entry(token.to_owned()).or_insert(started);
+            }
+            // Rejected but retryable (429): an earlier ambiguous attempt still needs a lookup.
+            Err(error) if error.is_retryable() => {}
+            _ => {
+                ambiguous.remove(token);
+            }
+        }
+        result
     }
 
     /// Who a Messaging API send to `target` comes from.
@@ -127,16 +200,15 @@ impl TwilioSink {
             };
             let media_urls: Vec<String> = part.media.iter().filter_map(|m| m.url.clone()).collect();
             let callback = self.status_callback(&part);
-            self.rest
-                .create_message(&NewMessage {
-                    to: part.target,
-                    sender: &sender,
-                    body: part.text,
-                    media_urls: &media_urls,
-                    status_callback: callback.as_ref(),
-                    idempotency_token: part.idempotency_token,
-                })
-                .await
+            self.send_message(&NewMessage {
+                to: part.target,
+                sender: &sender,
+                body: part.text,
+                media_urls: &media_urls,
+                status_callback: callback.as_ref(),
+                idempotency_token: part.idempotency_token,
+            })
+            .await
         };
         timer.observe_duration();
         match result {

@@ -7,8 +7,10 @@
 //!
 //! One pooled [`reqwest::Client`] with connect and request timeouts serves every call. Requests
 //! authenticate with HTTP Basic: `TWILIO_API_KEY`/`TWILIO_API_SECRET` when configured, else the
-//! account SID and auth token. Sends carry an `I-Twilio-Idempotency-Token` chosen by the caller,
-//! so retrying the same logical request never makes Twilio create a second resource.
+//! account SID and auth token. Sends carry an `I-Twilio-Idempotency-Token` chosen by the caller.
+//! Twilio does not guarantee that token for a Messages create: after a 5xx or a timeout the
+//! message may exist, so a retry of such an attempt first looks it up
+//! ([`TwilioRest::find_created_message`]).
 //!
 //! Errors keep what the retry policy needs ([`RestError::is_retryable`], `Retry-After`, the
 //! Twilio error code) and never include credentials or message bodies.
@@ -32,6 +34,8 @@ pub const ERROR_ALREADY_PARTICIPANT: u32 = 50433;
 
 /// How long establishing a TCP/TLS connection to Twilio may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How [`describe`] starts a failure to connect (the request never left).
+const CONNECT_FAILED: &str = "connection failed";
 /// Longest `Retry-After` we accept; longer values are clamped.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
@@ -117,6 +121,17 @@ impl RestError {
                 *status == 429 || *status >= 500 || *code == Some(ERROR_TOO_MANY_REQUESTS)
             }
             RestError::Network(_) => true,
+            RestError::NotConfigured(_) => false,
+        }
+    }
+
+    /// The request may have reached Twilio and created something although we saw a failure:
+    /// a 5xx answer, or a network failure other than failing to connect (a timeout, a reset,
+    /// an unreadable answer). 429 and other 4xx are Twilio's refusal: nothing was created.
+    pub fn is_ambiguous(&self) -> bool {
+        match self {
+            RestError::Http { status, .. } => *status >= 500,
+            RestError::Network(detail) => !detail.starts_with(CONNECT_FAILED),
             RestError::NotConfigured(_) => false,
         }
     }
@@ -239,6 +254,50 @@ impl TwilioRest {
         Ok(created(&json))
     }
 
+    /// Looks for a message Twilio already created for `message`: `ListMessage` filtered by `To`,
+    /// `From` (when that is the sender) and `DateSent>` = the UTC day of `since`, then matched on
+    /// `to`, the sender (`from`, or `messaging_service_sid` for a Messaging Service send), the
+    /// body, the media count and `date_created` (RFC 2822, whole seconds) at or after `since`
+    /// (truncated to the second). Only the first page (`PageSize=20`) is searched.
+    ///
+    /// Used before retrying a create whose outcome is unknown (see [`RestError::is_ambiguous`]):
+    /// Twilio's idempotency token does not make a Messages create safe to repeat.
+    pub async fn find_created_message(
+        &self,
+        message: &NewMessage<'_>,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Created>, RestError> {
+        let account_sid = self
+            .account_sid
+            .as_deref()
+            .ok_or(RestError::NotConfigured("TWILIO_ACCOUNT_SID is not set"))?;
+        let url = join(
+            &self.api_base_url,
+            &["2010-04-01", "Accounts", account_sid, "Messages.json"],
+        );
+        let day = since
+            .date_naive()
+            .and_hms_opt(0, 0, 0)
+            .expect("midnight exists")
+            .and_utc()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let mut query: Vec<(&str, &str)> = vec![("To", message.to)];
+        if let MessageSender::From(from) = message.sender {
+            query.push(("From", from));
+        }
+        query.push(("DateSent>", &day));
+        query.push(("PageSize", "20"));
+        let json = self.get_json(url, &query).await?;
+        let since = since.timestamp();
+        let found = json
+            .get("messages")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .find(|listed| is_same_message(listed, message, since));
+        Ok(found.map(created).filter(|c| !c.sid.is_empty()))
+    }
+
     /// Posts a message into a conversation (as `author`).
     pub async fn create_conversation_message(
         &self,
@@ -301,6 +360,19 @@ impl TwilioRest {
         )
     }
 
+    async fn get_json(&self, url: Url, query: &[(&str, &str)]) -> Result<Value, RestError> {
+        let username = self.username.as_deref().ok_or(RestError::NotConfigured(
+            "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
+        ))?;
+        let request = self
+            .http
+            .get(url)
+            .basic_auth(username, Some(self.password.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .query(query);
+        read_response(request).await
+    }
+
     async fn post_form(
         &self,
         url: Url,
@@ -319,41 +391,68 @@ impl TwilioRest {
         if let Some(token) = idempotency_token {
             request = request.header(IDEMPOTENCY_HEADER, token);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| RestError::Network(describe(&e)))?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| RestError::Network(describe(&e)))?;
-        let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        if status.is_success() {
-            return Ok(json);
-        }
-        let code = json.get("code").and_then(|c| {
-            c.as_u64()
-                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
-                .and_then(|c| u32::try_from(c).ok())
-        });
-        let message = json
-            .get("message")
-            .and_then(Value::as_str)
-            .map(|m| m.chars().take(300).collect())
-            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
-        Err(RestError::Http {
-            status: status.as_u16(),
-            code,
-            message,
-            retry_after,
-        })
+        read_response(request).await
     }
+}
+
+/// Sends `request`; a 2xx answer's JSON body, else the error.
+async fn read_response(request: reqwest::RequestBuilder) -> Result<Value, RestError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| RestError::Network(describe(&e)))?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let text = response
+        .text()
+        .await
+        .map_err(|e| RestError::Network(describe(&e)))?;
+    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(json);
+    }
+    let code = json.get("code").and_then(|c| {
+        c.as_u64()
+            .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+            .and_then(|c| u32::try_from(c).ok())
+    });
+    let message = json
+        .get("message")
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take(300).collect())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    Err(RestError::Http {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
+    })
+}
+
+/// Whether a `ListMessage` entry is the message `message` would create, created at or after
+/// `since` (Unix seconds).
+fn is_same_message(listed: &Value, message: &NewMessage<'_>, since: i64) -> bool {
+    let text = |name: &str| listed.get(name).and_then(Value::as_str);
+    let sender_matches = match message.sender {
+        MessageSender::From(from) => text("from") == Some(from.as_str()),
+        MessageSender::MessagingService(sid) => text("messaging_service_sid") == Some(sid.as_str()),
+    };
+    let media = listed.get("num_media").and_then(|n| {
+        n.as_u64()
+            .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+    });
+    let created_at = text("date_created")
+        .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok())
+        .map(|d| d.timestamp());
+    text("to") == Some(message.to)
+        && sender_matches
+        && text("body").unwrap_or_default() == message.body.unwrap_or_default()
+        && media.is_none_or(|n| n == message.media_urls.len() as u64)
+        && created_at.is_some_and(|at| at >= since)
 }
 
 /// A deterministic idempotency token for a logical request identified by `key`.
@@ -440,7 +539,7 @@ fn describe(error: &reqwest::Error) -> String {
     let kind = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
-        "connection failed"
+        CONNECT_FAILED
     } else if error.is_body() || error.is_decode() {
         "response body unreadable"
     } else {
@@ -479,6 +578,78 @@ mod tests {
             assert!(!http(400, Some(code)).is_retryable(), "{code}");
         }
         assert!(!http(401, Some(20003)).is_retryable());
+    }
+
+    #[test]
+    fn ambiguous_errors_are_5xx_and_network_after_connecting() {
+        let http = |status| RestError::Http {
+            status,
+            code: None,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(http(500).is_ambiguous());
+        assert!(http(503).is_ambiguous());
+        assert!(!http(429).is_ambiguous());
+        assert!(!http(400).is_ambiguous());
+        assert!(RestError::Network("timed out".into()).is_ambiguous());
+        assert!(RestError::Network("request failed: reset".into()).is_ambiguous());
+        assert!(!RestError::Network(format!("{CONNECT_FAILED}: refused")).is_ambiguous());
+        assert!(!RestError::NotConfigured("x").is_ambiguous());
+    }
+
+    #[test]
+    fn a_listed_message_matches_recipient_sender_body_media_and_time() {
+        let since = chrono::DateTime::parse_from_rfc2822("Wed, 25 Nov 2026 10:00:00 +0000")
+            .unwrap()
+            .timestamp();
+        let listed = serde_json::json!({
+            "sid": "SM1",
+            "to": "+14155550100",
+            "from": "+15005550006",
+            "messaging_service_sid": "MG00000000000000000000000000000001",
+            "body": "hi",
+            "num_media": "0",
+            "date_created": "Wed, 25 Nov 2026 10:00:00 +0000",
+        });
+        let from = MessageSender::From("+15005550006".into());
+        let service = MessageSender::MessagingService("MG00000000000000000000000000000001".into());
+        let other = MessageSender::From("+15005550009".into());
+        let message = |sender, body| NewMessage {
+            to: "+14155550100",
+            sender,
+            body,
+            media_urls: &[],
+            status_callback: None,
+            idempotency_token: "t",
+        };
+        assert!(is_same_message(&listed, &message(&from, Some("hi")), since));
+        assert!(is_same_message(
+            &listed,
+            &message(&service, Some("hi")),
+            since
+        ));
+        assert!(!is_same_message(
+            &listed,
+            &message(&other, Some("hi")),
+            since
+        ));
+        assert!(!is_same_message(
+            &listed,
+            &message(&from, Some("ho")),
+            since
+        ));
+        assert!(!is_same_message(
+            &listed,
+            &message(&from, Some("hi")),
+            since + 1
+        ));
+        let media = ["https://example.com/a.png".to_owned()];
+        let with_media = NewMessage {
+            media_urls: &media,
+            ..message(&from, Some("hi"))
+        };
+        assert!(!is_same_message(&listed, &with_media, since));
     }
 
     #[test]
