@@ -513,14 +513,7 @@ async fn error_50433_with_another_status_also_counts_as_joined() {
 async fn a_failed_join_is_retried_in_the_background_until_it_succeeds() {
     let amqp = require_broker!();
     let (fake, app) = app_with_fake(&amqp).await;
-    fake.enqueue(
-        Route::ConversationParticipants,
-        Reply::Status {
-            status: 503,
-            retry_after: None,
-            body: None,
-        },
-    );
+    fake.enqueue(Route::ConversationParticipants, Reply::status(503));
     fake.enqueue(
         Route::ConversationParticipants,
         Reply::too_many_requests(Some(1)),
@@ -664,12 +657,7 @@ async fn every_conversations_status_and_event_streams_fixture_gets_the_librarys_
 #[tokio::test]
 async fn the_new_webhooks_are_documented_with_examples() {
     let app = spawn_app(None, &[]).await;
-    let doc: Value = app
-        .get("/api-docs/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi_document().await;
     let schema_example = |schema_ref: &Value| {
         let name = schema_ref.as_str().unwrap().rsplit('/').next().unwrap();
         doc["components"]["schemas"][name]["example"].clone()

@@ -388,12 +388,7 @@ async fn a_429_then_200_sends_exactly_one_message_with_one_token() {
 
 #[tokio::test]
 async fn a_500_then_200_sends_exactly_one_message_with_one_token() {
-    retried_once_then_accepted(Reply::Status {
-        status: 500,
-        retry_after: None,
-        body: None,
-    })
-    .await;
+    retried_once_then_accepted(Reply::status(500)).await;
 }
 
 #[tokio::test]
@@ -432,14 +427,7 @@ async fn a_plain_500_is_looked_up_then_sent_exactly_once() {
     let url = require_broker!();
     let mut rig = Rig::start(&url, &[]).await;
     rig.fake.set_idempotency_emulation(false);
-    rig.fake.enqueue(
-        Route::Messages,
-        Reply::Status {
-            status: 500,
-            retry_after: None,
-            body: None,
-        },
-    );
+    rig.fake.enqueue(Route::Messages, Reply::status(500));
     let event = reply_to("+14155550134", "Nothing created the first time");
     rig.publisher.publish(&event).await;
     let status = rig.status_of(&event).await;
@@ -475,14 +463,7 @@ async fn retries_are_bounded_then_dead_lettered() {
     let url = require_broker!();
     let mut rig = Rig::start(&url, &[("TWILIO_MAX_SEND_ATTEMPTS", "3")]).await;
     for _ in 0..3 {
-        rig.fake.enqueue(
-            Route::Messages,
-            Reply::Status {
-                status: 503,
-                retry_after: None,
-                body: None,
-            },
-        );
+        rig.fake.enqueue(Route::Messages, Reply::status(503));
     }
     let event = reply_to("+14155550131", "Never arrives");
     rig.publisher.publish(&event).await;

@@ -252,6 +252,15 @@ impl Reply {
         }
     }
 
+    /// A bare status with Twilio's error body (e.g. 500, 503).
+    pub fn status(status: u16) -> Reply {
+        Reply::Status {
+            status,
+            retry_after: None,
+            body: None,
+        }
+    }
+
     pub fn too_many_requests(retry_after: Option<u64>) -> Reply {
         Reply::Status {
             status: 429,

@@ -525,14 +525,7 @@ async fn fake_twilio_error_reply_has_twilios_shape() {
             message: "Attempt to send to unsubscribed recipient".to_owned(),
         },
     );
-    fake.enqueue(
-        Route::Messages,
-        Reply::Status {
-            status: 503,
-            retry_after: None,
-            body: None,
-        },
-    );
+    fake.enqueue(Route::Messages, Reply::status(503));
     let params = [
         ("To", "+15558675310"),
         ("From", "+15017122661"),

@@ -210,6 +210,15 @@ impl TestApp {
         }
     }
 
+    /// The OpenAPI document the service serves.
+    pub async fn openapi_document(&self) -> serde_json::Value {
+        self.get("/api-docs/openapi.json")
+            .await
+            .json()
+            .await
+            .expect("the OpenAPI document is JSON")
+    }
+
     /// Posts a fixture exactly as Twilio sent it.
     pub async fn post_fixture(&self, fixture: &Fixture) -> reqwest::Response {
         self.client

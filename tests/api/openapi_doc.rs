@@ -8,12 +8,7 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn committed_openapi_document_matches_the_generated_one() {
     let app = spawn_app(None, &[]).await;
-    let served: Value = app
-        .get("/api-docs/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let served = app.openapi_document().await;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json");
     let pretty = serde_json::to_string_pretty(&served).unwrap() + "\n";
     if std::env::var("UPDATE_OPENAPI").as_deref() == Ok("1") {
@@ -31,12 +26,7 @@ async fn committed_openapi_document_matches_the_generated_one() {
 #[tokio::test]
 async fn every_route_is_documented_with_examples_for_webhooks() {
     let app = spawn_app(None, &[]).await;
-    let doc: Value = app
-        .get("/api-docs/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi_document().await;
     for path in [
         "/webhooks/twilio/sms",
         "/healthz",

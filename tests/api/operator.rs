@@ -270,12 +270,7 @@ async fn bad_requests_get_the_json_error_shape_and_publish_nothing() {
 #[tokio::test]
 async fn the_operation_is_documented_with_examples() {
     let app = spawn_app(None, &[]).await;
-    let doc: Value = app
-        .get("/api-docs/openapi.json")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let doc = app.openapi_document().await;
     let operation = &doc["paths"]["/v1/messages"]["post"];
     assert!(operation.is_object(), "POST /v1/messages is documented");
     let examples = &operation["requestBody"]["content"]["application/json"]["examples"];

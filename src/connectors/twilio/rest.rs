@@ -224,16 +224,21 @@ impl TwilioRest {
         }
     }
 
-    /// Sends an SMS/MMS/WhatsApp message through Programmable Messaging.
-    pub async fn create_message(&self, message: &NewMessage<'_>) -> Result<Created, RestError> {
+    /// `{TWILIO_API_BASE_URL}/2010-04-01/Accounts/{AccountSid}/Messages.json` (create and list).
+    fn messages_url(&self) -> Result<Url, RestError> {
         let account_sid = self
             .account_sid
             .as_deref()
             .ok_or(RestError::NotConfigured("TWILIO_ACCOUNT_SID is not set"))?;
-        let url = join(
+        Ok(join(
             &self.api_base_url,
             &["2010-04-01", "Accounts", account_sid, "Messages.json"],
-        );
+        ))
+    }
+
+    /// Sends an SMS/MMS/WhatsApp message through Programmable Messaging.
+    pub async fn create_message(&self, message: &NewMessage<'_>) -> Result<Created, RestError> {
+        let url = self.messages_url()?;
         let mut form: Vec<(&str, &str)> = vec![("To", message.to)];
         match message.sender {
             MessageSender::From(from) => form.push(("From", from)),
@@ -267,14 +272,7 @@ impl TwilioRest {
         message: &NewMessage<'_>,
         since: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<Created>, RestError> {
-        let account_sid = self
-            .account_sid
-            .as_deref()
-            .ok_or(RestError::NotConfigured("TWILIO_ACCOUNT_SID is not set"))?;
-        let url = join(
-            &self.api_base_url,
-            &["2010-04-01", "Accounts", account_sid, "Messages.json"],
-        );
+        let url = self.messages_url()?;
         let day = since
             .date_naive()
             .and_hms_opt(0, 0, 0)
