@@ -17,7 +17,7 @@ use std::{
 };
 
 use futures_util::{stream, StreamExt};
-use ingress_egress::connectors::twilio::signature::compute_signature;
+use ingress_egress::connectors::twilio::ingress::signature::compute_signature;
 use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions},
     BasicProperties, Connection, ConnectionProperties,
@@ -76,7 +76,7 @@ async fn bare_lapin_rate(
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    ingress_egress::bus::amqp::declare_exchange(&channel, exchange).await?;
+    ingress_egress::bus::amqp::topology::declare_exchange(&channel, exchange).await?;
     let body = Arc::new(vec![b'x'; 1800]); // about the size of an SMS envelope
     let started = Instant::now();
     stream::iter(0..messages)

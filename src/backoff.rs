@@ -1,11 +1,12 @@
-//! Exponential backoff with full jitter, shared by broker reconnects and Twilio retries.
+//! Exponential backoff with jitter, shared by broker reconnects and platform retries.
 
 use std::time::Duration;
 
 use rand::Rng;
 
 /// Delays grow as `base * 2^attempt`, capped at `max`; each delay is drawn uniformly from
-/// `[cap/2, cap]` so a fleet of instances does not retry in lockstep.
+/// `[cap/2, cap]` ("equal jitter": never less than half the ceiling) so a fleet of instances
+/// does not retry in lockstep.
 #[derive(Clone, Debug)]
 pub struct Backoff {
     base: Duration,

@@ -1,8 +1,21 @@
 //! ingress-egress: Twilio SMS/MMS/WhatsApp and Conversations ⇄ RabbitMQ.
 //!
-//! Start with [`startup`] (how the pieces are wired), [`connectors::twilio`] (the platform), and
-//! [`publisher`] (the delivery guarantees). The envelope every event uses is in [`envelope`].
+//! The core is platform-neutral; each platform is a connector. Start with [`startup`] (how the
+//! pieces are wired) and `docs/architecture.md`.
+//!
+//! Core:
+//! - [`configuration`]: settings from the environment; [`telemetry`]: logs; [`metrics`].
+//! - [`envelope`]: the `InternalEventV2` every event uses.
+//! - [`bus`]: RabbitMQ and the embedded bus, publishing and subscriptions; [`outbox`] and
+//!   [`publisher`]: the delivery guarantees of ingress.
+//! - [`egress`]: the engine that delivers reply events through connectors' sinks.
+//! - [`routes`]: health, metrics and debug routes; [`app_state`], [`auth`], [`error`],
+//!   [`openapi`], [`readiness`], [`backoff`].
+//!
+//! Connectors: [`connectors`] (the trait and the registry); [`connectors::twilio`].
 
+pub mod app_state;
+pub mod auth;
 pub mod backoff;
 pub mod bus;
 pub mod configuration;
@@ -16,6 +29,5 @@ pub mod outbox;
 pub mod publisher;
 pub mod readiness;
 pub mod routes;
-pub mod simulate;
 pub mod startup;
 pub mod telemetry;

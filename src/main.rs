@@ -3,8 +3,8 @@
 
 use clap::{Parser, Subcommand};
 use ingress_egress::{
-    configuration::{Settings, DEVELOPMENT_AUTH_TOKEN},
-    simulate,
+    configuration::{ConfigError, Settings},
+    connectors::registry::simulate,
     startup::Application,
     telemetry,
 };
@@ -49,6 +49,10 @@ fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
+            eprintln!("{error}");
+            std::process::ExitCode::from(2)
+        }
         Err(error) => {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
@@ -58,19 +62,12 @@ fn main() -> std::process::ExitCode {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     telemetry::init(settings.log_format, &settings.log_level);
-    if settings.twilio.enabled && settings.twilio.using_development_token {
-        tracing::warn!(
-            token = DEVELOPMENT_AUTH_TOKEN,
-            "TWILIO_AUTH_TOKEN is not set: validating webhooks with the public DEVELOPMENT token. \
-             NOT FOR PRODUCTION: anyone can sign requests with it."
-        );
-    }
     let application = Application::build(settings.clone()).await?;
     tracing::info!(
         port = application.port(),
         bus = %settings.redacted_amqp_url(),
         instance_id = %settings.bus.instance_id,
-        twilio_enabled = settings.twilio.enabled,
+        connectors = ?application.connector_names(),
         "ingress-egress listening"
     );
     application.run_until_stopped().await?;

@@ -11,9 +11,10 @@ const NAMESPACE: &str = "ingress_egress";
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Webhook requests by route and outcome (published, outboxed, duplicate, ignored,
-    /// bad_signature, bad_request, too_large, unsupported_media_type, unavailable).
+    /// Webhook requests by connector, route and outcome (published, outboxed, duplicate,
+    /// ignored, bad_signature, bad_request, too_large, unsupported_media_type, unavailable).
     pub webhook_requests: IntCounterVec,
+    /// Webhook latency by connector and route.
     pub webhook_duration: HistogramVec,
     /// Publishes by topic and result (confirmed, failed).
     pub bus_publishes: IntCounterVec,
@@ -22,20 +23,19 @@ pub struct Metrics {
     pub outbox_written: IntCounter,
     pub outbox_drained: IntCounter,
     pub broker_connected: IntGauge,
-    /// Twilio sends by outcome (sent, retried, failed, dead_lettered, opted_out) and error code.
-    pub twilio_sends: IntCounterVec,
-    pub twilio_send_duration: Histogram,
+    /// Egress send attempts and outcomes by connector, outcome (sent, retried, failed,
+    /// dead_lettered, opted_out) and the platform's error code.
+    pub egress_sends: IntCounterVec,
+    /// Latency of one send to the platform, by connector.
+    pub egress_send_duration: HistogramVec,
     /// Egress events consumed, by result (acked, dead_lettered, requeued).
     pub egress_events: IntCounterVec,
     /// Seconds between an egress event's timestamp and its consumption.
     pub egress_lag: Histogram,
     /// Messages ready in the egress queue, sampled by the consumer.
     pub egress_queue_depth: IntGauge,
-    /// Webhook events acknowledged without publishing, by event type.
+    /// Webhook events acknowledged without publishing, by connector and event type.
     pub ignored_events: IntCounterVec,
-    /// Auto-join of the bot into Conversations, by outcome (joined, already_participant,
-    /// retried, gave_up).
-    pub conversation_joins: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,26 +74,29 @@ impl Metrics {
                 .expect("metric registered once");
             metric
         };
-        let webhook_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "webhook_duration_seconds",
-                "Time from webhook request to response",
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(latency_buckets.clone()),
+                labels,
             )
-            .buckets(latency_buckets.clone()),
-            &["route"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(webhook_duration.clone()))
-            .expect("metric registered once");
+            .expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric registered once");
+            metric
+        };
 
         Self {
             webhook_requests: counter_vec(
                 "webhook_requests_total",
-                "Webhook requests by route and outcome",
-                &["route", "outcome"],
+                "Webhook requests by connector, route and outcome",
+                &["connector", "route", "outcome"],
             ),
-            webhook_duration,
+            webhook_duration: histogram_vec(
+                "webhook_duration_seconds",
+                "Time from webhook request to response",
+                &["connector", "route"],
+            ),
             bus_publishes: counter_vec(
                 "bus_publishes_total",
                 "Messages published to the bus by topic and result",
@@ -117,15 +120,15 @@ impl Metrics {
                 "broker_connected",
                 "1 when the broker connection is up (always 1 for the embedded bus)",
             ),
-            twilio_sends: counter_vec(
-                "twilio_sends_total",
-                "Twilio REST sends by outcome and Twilio error code",
-                &["outcome", "error_code"],
+            egress_sends: counter_vec(
+                "egress_sends_total",
+                "Egress send attempts and outcomes by connector, outcome and platform error code",
+                &["connector", "outcome", "error_code"],
             ),
-            twilio_send_duration: histogram(
-                "twilio_send_duration_seconds",
-                "Twilio REST request latency",
-                latency_buckets.clone(),
+            egress_send_duration: histogram_vec(
+                "egress_send_duration_seconds",
+                "Latency of one send to the platform",
+                &["connector"],
             ),
             egress_events: counter_vec(
                 "egress_events_total",
@@ -143,16 +146,20 @@ impl Metrics {
             ),
             ignored_events: counter_vec(
                 "ignored_events_total",
-                "Webhook events acknowledged without publishing, by event type",
-                &["event_type"],
-            ),
-            conversation_joins: counter_vec(
-                "conversation_joins_total",
-                "Attempts to add the bot to a Twilio conversation, by outcome",
-                &["outcome"],
+                "Webhook events acknowledged without publishing, by connector and event type",
+                &["connector", "event_type"],
             ),
             registry,
         }
+    }
+
+    /// Registers a connector's own counter (its name gets the service's namespace).
+    pub fn register_counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+        self.registry
+            .register(Box::new(metric.clone()))
+            .expect("metric registered once");
+        metric
     }
 
     /// The Prometheus text exposition of every metric.
@@ -162,6 +169,14 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut buffer)
             .expect("text encoding into a Vec cannot fail");
         String::from_utf8(buffer).expect("Prometheus text is UTF-8")
+    }
+
+    /// Sum of a counter vector over the series whose labels include every `(name, value)` of
+    /// `labels`.
+    pub fn sum_where(counter: &IntCounterVec, labels: &[(&str, &str)]) -> u64 {
+        Self::sum(counter, |series| {
+            labels.iter().all(|wanted| series.contains(wanted))
+        })
     }
 
     /// Sum of a counter vector over the label values matching `filter`.

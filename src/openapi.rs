@@ -7,6 +7,9 @@ use utoipa::{
 
 use crate::{connectors::Connector, error::ErrorBody, routes};
 
+/// `/_debug/{connector}` is documented once per registered connector, as `/_debug/<name>`.
+const SNAPSHOT_TEMPLATE: &str = "/_debug/{connector}";
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -18,11 +21,10 @@ use crate::{connectors::Connector, error::ErrorBody, routes};
         routes::health::livez,
         routes::health::readyz,
         routes::metrics::metrics,
-        routes::debug::twilio_snapshot,
+        routes::debug::connector_snapshot,
         routes::debug::recent_events,
-        routes::operator::send_message,
     ),
-    components(schemas(routes::health::Health, routes::health::Readiness, ErrorBody, routes::operator::SendMessageRequest, routes::operator::SendMessageAccepted)),
+    components(schemas(routes::health::Health, routes::health::Readiness, ErrorBody)),
     modifiers(&BearerAuth),
     tags((name = "operations", description = "Health, metrics and debug views"),
         (name = "operator", description = "Operator actions (bearer DEBUG_TOKEN or OPERATOR_TOKEN)"))
@@ -47,8 +49,18 @@ pub fn document<'a>(
 ) -> utoipa::openapi::OpenApi {
     let mut doc = OperationsApi::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    let snapshot = doc.paths.paths.remove(SNAPSHOT_TEMPLATE);
     for connector in connectors {
         doc.merge(connector.openapi());
+        if let Some(mut item) = snapshot.clone() {
+            if let Some(operation) = item.get.as_mut() {
+                operation.parameters = None;
+                operation.operation_id = Some(format!("{}_snapshot", connector.name()));
+            }
+            doc.paths
+                .paths
+                .insert(format!("/_debug/{}", connector.name()), item);
+        }
     }
     doc
 }

@@ -63,7 +63,7 @@ impl Outbox {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         // Leftover temporary files are writes that never completed: the webhook was not
-        // answered 2xx for them, so Twilio retries and nothing is lost by removing them.
+        // answered 2xx for them, so the provider retries and nothing is lost by removing them.
         for entry in fs::read_dir(&dir).map_err(io_error(&dir))? {
             let path = entry.map_err(io_error(&dir))?.path();
             if is_temporary(&path) {

@@ -1,5 +1,6 @@
 //! Wiring: builds the bus, outbox, publisher and connectors from [`Settings`], starts the HTTP
-//! server and background tasks, and shuts them down in order.
+//! server and background tasks (outbox drain, the egress consumer over every connector's sink),
+//! and shuts them down in order.
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
@@ -9,34 +10,29 @@ use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
+    app_state::AppState,
+    auth::BearerAuth,
     bus::Bus,
     configuration::Settings,
-    connectors::{twilio::TwilioConnector, Connector},
+    connectors::{registry, Connector, ConnectorContext},
+    egress::{self, sink::EgressSink},
     error::{json_config, ApiError},
     metrics::Metrics,
     openapi,
     outbox::Outbox,
     publisher::EventPublisher,
-    readiness::ReadyFlag,
     routes,
 };
+
+/// Builds a connector that is not in the registry (see [`Application::build_with_connectors`]).
+pub type ConnectorFactory = Box<dyn FnOnce(&ConnectorContext) -> Arc<dyn Connector> + Send>;
 
 /// How long in-flight work may take to finish after a stop signal (Cloud Run allows 10 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
-/// State shared by the operator routes.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub bus: Bus,
-    pub publisher: EventPublisher,
-    pub metrics: Metrics,
-    pub connectors: Vec<Arc<dyn Connector>>,
-    /// Present when the egress consumer runs; `/readyz` requires it up.
-    pub egress_consuming: Option<ReadyFlag>,
-}
-
 pub struct Application {
     port: u16,
+    connector_names: Vec<&'static str>,
     server: Server,
     bus: Bus,
     shutdown: CancellationToken,
@@ -53,6 +49,16 @@ impl Application {
     pub async fn build_with_listener(
         settings: Settings,
         listener: TcpListener,
+    ) -> anyhow::Result<Self> {
+        Self::build_with_connectors(settings, listener, Vec::new()).await
+    }
+
+    /// Like [`Self::build_with_listener`], serving `extra` connectors beside the registered
+    /// ones (an embedding program's own platforms, or a test's).
+    pub async fn build_with_connectors(
+        settings: Settings,
+        listener: TcpListener,
+        extra: Vec<ConnectorFactory>,
     ) -> anyhow::Result<Self> {
         let port = listener.local_addr()?.port();
         let settings = Arc::new(settings);
@@ -78,25 +84,34 @@ impl Application {
             publisher.clone().drain_outbox(shutdown.clone()),
         ));
 
-        let mut connectors: Vec<Arc<dyn Connector>> = Vec::new();
-        let mut egress_consuming = None;
-        if settings.twilio.enabled {
-            let twilio = TwilioConnector::new(&settings, publisher.clone(), metrics.clone());
-            // Egress: RabbitMQ → Twilio REST, stopped by `shutdown` (see `crate::egress`).
-            let (consuming, egress_task) = crate::egress::start(
-                crate::connectors::twilio::egress_sink::TwilioSink::new(twilio.clone()),
-                crate::connectors::twilio::egress_sink::engine_config(&settings.twilio),
-                bus.clone(),
-                settings.bus.clone(),
+        let context = ConnectorContext {
+            settings: settings.clone(),
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+            operator_auth: BearerAuth::operator(&settings),
+            shutdown: shutdown.clone(),
+        };
+        let mut connectors = registry::build(&context)?;
+        connectors.extend(extra.into_iter().map(|build| build(&context)));
+        let sinks: Vec<Arc<dyn EgressSink>> =
+            connectors.iter().filter_map(|c| c.egress_sink()).collect();
+        let egress_consuming = if sinks.is_empty() {
+            None
+        } else {
+            // Egress: bus → platforms, stopped by `shutdown` (see `crate::egress`).
+            let (consuming, egress_task) = egress::start(
+                sinks,
+                &bus,
+                &settings.bus,
                 publisher.clone(),
                 metrics.clone(),
                 shutdown.clone(),
             );
-            egress_consuming = Some(consuming);
             tasks.push(egress_task);
-            connectors.push(Arc::new(twilio));
-        }
+            Some(consuming)
+        };
 
+        let connector_names = connectors.iter().map(|c| c.name()).collect();
         let api_doc = openapi::document(connectors.iter().map(|c| c.as_ref()));
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -105,6 +120,7 @@ impl Application {
             metrics,
             connectors: connectors.clone(),
             egress_consuming,
+            debug_auth: BearerAuth::debug(&settings),
         });
 
         let server = HttpServer::new(move || {
@@ -117,16 +133,12 @@ impl Application {
                 .route("/readyz", web::get().to(routes::health::readyz))
                 .route("/metrics", web::get().to(routes::metrics::metrics))
                 .route(
-                    "/_debug/twilio",
-                    web::get().to(routes::debug::twilio_snapshot),
-                )
-                .route(
                     "/_debug/events",
                     web::get().to(routes::debug::recent_events),
                 )
                 .route(
-                    "/v1/messages",
-                    web::post().to(routes::operator::send_message),
+                    routes::debug::SNAPSHOT_ROUTE,
+                    web::get().to(routes::debug::connector_snapshot),
                 )
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
@@ -146,6 +158,7 @@ impl Application {
 
         Ok(Self {
             port,
+            connector_names,
             server,
             bus,
             shutdown,
@@ -155,6 +168,11 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The connectors this instance serves.
+    pub fn connector_names(&self) -> &[&'static str] {
+        &self.connector_names
     }
 
     /// Cancelling this token stops the background work (egress consumer, outbox drainer) as a

@@ -6,7 +6,7 @@
 //!
 //! ```json
 //! {"time":"2026-11-25T09:00:00.123456Z","severity":"INFO","message":"inbound message accepted",
-//!  "target":"ingress_egress::connectors::twilio::routes","span":"HTTP request",
+//!  "target":"ingress_egress::connectors::twilio::ingress","span":"HTTP request",
 //!  "request_id":"7c0b…","correlation_id":"4f1e…","delivery":"published"}
 //! ```
 //!

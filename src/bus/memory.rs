@@ -9,7 +9,14 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use super::{routing_key, BusMessage, PublishError};
+use futures_util::future::BoxFuture;
+
+use super::{
+    delivery::{
+        DeliveryHandle, Received, Settle, SettleError, SubscriptionProbe, SubscriptionSpec,
+    },
+    message::{routing_key, BusMessage, PublishError},
+};
 
 /// How many recent messages are kept for `/_debug/events`.
 const RECENT_CAPACITY: usize = 200;
@@ -62,5 +69,65 @@ impl MemoryBus {
     /// The routing key a message is published under, as on RabbitMQ.
     pub fn routing_key(&self, message: &BusMessage) -> String {
         routing_key(&self.prefix, &message.topic)
+    }
+}
+
+/// A consumer of the embedded bus: the fan-out, filtered to the subscribed topics. Deliveries
+/// need no acknowledgement and cannot be requeued (nothing is kept for a redelivery).
+pub struct MemorySubscription {
+    topics: Vec<String>,
+    receiver: Option<broadcast::Receiver<BusMessage>>,
+}
+
+impl MemorySubscription {
+    pub fn start(bus: &MemoryBus, spec: SubscriptionSpec, probe: SubscriptionProbe) -> Self {
+        probe.consuming.set(true);
+        Self {
+            topics: spec.topics,
+            receiver: Some(bus.subscribe()),
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Received> {
+        let receiver = self.receiver.as_mut()?;
+        loop {
+            match receiver.recv().await {
+                Ok(message) if self.topics.contains(&message.topic) => {
+                    return Some(Received {
+                        body: message.body.into_bytes(),
+                        message_id: Some(message.message_id),
+                        timestamp: Some(message.timestamp),
+                        redelivered: false,
+                        handle: DeliveryHandle::new(MemorySettle),
+                    })
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "embedded bus overflowed; messages were lost");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.receiver = None;
+    }
+}
+
+/// Settles a delivery of the embedded bus (nothing to settle; requeueing is impossible).
+pub(crate) struct MemorySettle;
+
+impl Settle for MemorySettle {
+    fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+        Box::pin(async { Err(SettleError::Unsupported("requeue")) })
+    }
+
+    fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+        Box::pin(async { Ok(()) })
     }
 }

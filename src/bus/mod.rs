@@ -2,85 +2,23 @@
 //!
 //! Two implementations sit behind [`Bus`]: RabbitMQ ([`amqp::AmqpBus`]) for real deployments and
 //! an in-memory bus ([`memory::MemoryBus`]) so the service runs on a fresh machine with no
-//! configuration. Callers only see [`BusMessage`] and [`PublishError`].
+//! configuration. Publishers see [`BusMessage`] and [`PublishError`]; consumers see a
+//! [`Subscription`] of [`delivery::Received`] messages, each settled through its
+//! [`delivery::DeliveryHandle`].
 
 pub mod amqp;
+pub mod delivery;
 pub mod memory;
+pub mod message;
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+pub use message::{routing_key, BusMessage, BusState, PublishError, APP_ID};
 
 use crate::configuration::BusSettings;
-
-/// `app_id` stamped on everything we publish.
-pub const APP_ID: &str = "ingress-egress";
-
-/// One message to publish: the body plus the properties §3.3 of the design asks for.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BusMessage {
-    /// Topic name without `BUS_PREFIX`, e.g. `internal.ingress.v1`.
-    pub topic: String,
-    /// Stable id: the same provider event always yields the same one.
-    pub message_id: String,
-    pub correlation_id: String,
-    /// The envelope `type`, also the CloudEvents type.
-    pub kind: String,
-    /// CloudEvents `source`.
-    pub source: String,
-    pub timestamp: DateTime<Utc>,
-    /// JSON body.
-    pub body: String,
-}
-
-impl BusMessage {
-    /// Serialises `body` as JSON into a message for `topic`.
-    pub fn json<T: Serialize>(
-        topic: &str,
-        message_id: String,
-        correlation_id: String,
-        kind: &str,
-        source: &str,
-        body: &T,
-    ) -> Result<Self, serde_json::Error> {
-        Ok(Self {
-            topic: topic.to_owned(),
-            message_id,
-            correlation_id,
-            kind: kind.to_owned(),
-            source: source.to_owned(),
-            timestamp: Utc::now(),
-            body: serde_json::to_string(body)?,
-        })
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("broker not connected")]
-    NotConnected,
-    #[error("broker did not confirm within {0:?}")]
-    ConfirmTimeout(Duration),
-    #[error("broker refused the message (nack)")]
-    Nacked,
-    #[error("broker error: {0}")]
-    Broker(String),
-}
-
-/// Connection state, as `/readyz` and the debug snapshot show it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase",
-    tag = "state"
-)]
-pub enum BusState {
-    Connected,
-    Connecting { last_error: Option<String> },
-    Embedded,
-}
+use amqp::subscription::AmqpSubscription;
+use delivery::{Received, SubscriptionProbe, SubscriptionSpec};
+use memory::MemorySubscription;
 
 /// The bus in use.
 #[derive(Clone)]
@@ -131,6 +69,15 @@ impl Bus {
         }
     }
 
+    /// Starts consuming `spec`'s queue (declaring it and its bindings on RabbitMQ; filtering the
+    /// fan-out on the embedded bus). `probe` follows the subscription's state.
+    pub fn subscribe(&self, spec: SubscriptionSpec, probe: SubscriptionProbe) -> Subscription {
+        match self {
+            Bus::Amqp(bus) => Subscription::Amqp(AmqpSubscription::start(bus.clone(), spec, probe)),
+            Bus::Memory(bus) => Subscription::Memory(MemorySubscription::start(bus, spec, probe)),
+        }
+    }
+
     pub fn as_memory(&self) -> Option<&memory::MemoryBus> {
         match self {
             Bus::Memory(bus) => Some(bus),
@@ -139,7 +86,33 @@ impl Bus {
     }
 }
 
-/// `BUS_PREFIX` + topic.
-pub fn routing_key(prefix: &str, topic: &str) -> String {
-    format!("{prefix}{topic}")
+/// A running subscription. [`Subscription::next`] is cancel-safe.
+pub enum Subscription {
+    Amqp(AmqpSubscription),
+    Memory(MemorySubscription),
+}
+
+impl Subscription {
+    /// The next delivery; `None` once the subscription has ended.
+    pub async fn next(&mut self) -> Option<Received> {
+        match self {
+            Subscription::Amqp(subscription) => subscription.next().await,
+            Subscription::Memory(subscription) => subscription.next().await,
+        }
+    }
+
+    /// Stops new deliveries; those already received can still be settled until [`Self::close`].
+    pub async fn stop(&mut self) {
+        match self {
+            Subscription::Amqp(subscription) => subscription.stop().await,
+            Subscription::Memory(subscription) => subscription.stop(),
+        }
+    }
+
+    /// Ends the subscription; the broker requeues whatever is still unsettled.
+    pub async fn close(self) {
+        if let Subscription::Amqp(subscription) = self {
+            subscription.close().await;
+        }
+    }
 }

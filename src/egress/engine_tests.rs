@@ -13,12 +13,18 @@ use serde_json::{json, Map, Value};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use futures_util::future::BoxFuture;
+
 use super::{
-    process::{Acker, Engine, EngineConfig, Incoming},
-    sink::{Accepted, EgressSink, Outbound, SendFailure},
+    engine::{part_token, Engine, EngineConfig},
+    sink::{Accepted, EgressSink, InvalidTarget, Outbound, SendFailure, SinkPolicy, TextInfo},
 };
 use crate::{
-    bus::{memory::MemoryBus, Bus, BusMessage},
+    bus::{
+        delivery::{DeliveryHandle, Received},
+        memory::{MemoryBus, MemorySettle},
+        Bus, BusMessage,
+    },
     metrics::Metrics,
     outbox::Outbox,
     publisher::EventPublisher,
@@ -32,8 +38,8 @@ struct Sent {
     at: Instant,
 }
 
-#[derive(Default)]
 struct ScriptedSink {
+    policy: SinkPolicy,
     script: Mutex<HashMap<String, VecDeque<Result<(), SendFailure>>>>,
     log: Mutex<Vec<Sent>>,
 }
@@ -65,19 +71,39 @@ fn retryable(retry_after: Option<Duration>) -> SendFailure {
 
 impl EgressSink for ScriptedSink {
     fn connector(&self) -> &'static str {
-        "twilio"
+        "scripted"
     }
 
-    fn check_target(&self, target: &str) -> Result<(), String> {
+    fn policy(&self) -> SinkPolicy {
+        self.policy
+    }
+
+    fn check_target(&self, target: &str) -> Result<(), InvalidTarget> {
         if target.starts_with('+') {
             Ok(())
         } else {
-            Err("not a number".into())
+            Err(InvalidTarget("not a number".into()))
         }
     }
 
-    fn max_text_units(&self, _target: &str) -> usize {
-        1600
+    fn split_text(&self, _target: &str, text: &str) -> Vec<String> {
+        // Whole sentences, at most 1600 bytes a part (the texts here are ASCII).
+        let mut parts: Vec<String> = Vec::new();
+        for sentence in text.split_inclusive(". ") {
+            match parts.last_mut() {
+                Some(last) if last.len() + sentence.len() <= 1600 => last.push_str(sentence),
+                _ => parts.push(sentence.to_owned()),
+            }
+        }
+        parts.into_iter().map(|p| p.trim().to_owned()).collect()
+    }
+
+    fn describe_text(&self, text: &str) -> TextInfo {
+        TextInfo {
+            characters: text.chars().count(),
+            encoding: None,
+            segments: u32::from(!text.is_empty()),
+        }
     }
 
     fn max_media_per_part(&self, _target: &str) -> usize {
@@ -88,7 +114,13 @@ impl EgressSink for ScriptedSink {
         "the-one-sender".into()
     }
 
-    async fn send<'a>(&'a self, part: Outbound<'a>) -> Result<Accepted, SendFailure> {
+    fn send<'a>(&'a self, part: Outbound<'a>) -> BoxFuture<'a, Result<Accepted, SendFailure>> {
+        Box::pin(self.send_now(part))
+    }
+}
+
+impl ScriptedSink {
+    async fn send_now(&self, part: Outbound<'_>) -> Result<Accepted, SendFailure> {
         self.log.lock().unwrap().push(Sent {
             target: part.target.to_owned(),
             token: part.idempotency_token.to_owned(),
@@ -104,13 +136,12 @@ impl EgressSink for ScriptedSink {
             .unwrap_or(Ok(()));
         reply.map(|()| Accepted {
             provider_sid: Some(format!("SM{}", part.part_index)),
-            provider_segments: None,
         })
     }
 }
 
 struct Harness {
-    engine: Arc<Engine<ScriptedSink>>,
+    engine: Arc<Engine>,
     sink: Arc<ScriptedSink>,
     bus: MemoryBus,
     metrics: Metrics,
@@ -118,7 +149,17 @@ struct Harness {
     _outbox: tempfile::TempDir,
 }
 
-fn harness(config: EngineConfig) -> Harness {
+/// The engine's and the sink's limits in one place.
+#[derive(Clone, Copy)]
+struct Limits {
+    max_attempts: u32,
+    retry_base: Duration,
+    retry_max: Duration,
+    max_send_rate: f64,
+    burst: u32,
+}
+
+fn harness(limits: Limits) -> Harness {
     let bus = MemoryBus::new(String::new());
     let dir = tempfile::tempdir().unwrap();
     let metrics = Metrics::new();
@@ -129,13 +170,24 @@ fn harness(config: EngineConfig) -> Harness {
         Duration::from_secs(1),
         metrics.clone(),
     );
-    let sink = Arc::new(ScriptedSink::default());
+    let sink = Arc::new(ScriptedSink {
+        policy: SinkPolicy {
+            max_attempts: limits.max_attempts,
+            max_send_rate: limits.max_send_rate,
+            burst: limits.burst,
+        },
+        script: Mutex::default(),
+        log: Mutex::default(),
+    });
     let shutdown = CancellationToken::new();
     let engine = Engine::new(
-        sink.clone(),
+        vec![sink.clone() as Arc<dyn EgressSink>],
         publisher,
         metrics.clone(),
-        config,
+        EngineConfig {
+            retry_base: limits.retry_base,
+            retry_max: limits.retry_max,
+        },
         shutdown.clone(),
     );
     Harness {
@@ -148,8 +200,8 @@ fn harness(config: EngineConfig) -> Harness {
     }
 }
 
-fn config() -> EngineConfig {
-    EngineConfig {
+fn config() -> Limits {
+    Limits {
         max_attempts: 4,
         retry_base: Duration::from_millis(100),
         retry_max: Duration::from_secs(1),
@@ -158,23 +210,23 @@ fn config() -> EngineConfig {
     }
 }
 
-fn incoming(target: &str, text: &str) -> Incoming {
+fn incoming(target: &str, text: &str) -> Received {
     let event = json!({
         "v": "2",
         "correlationId": uuid::Uuid::new_v4().to_string(),
         "type": "chat.message.v1",
-        "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "test", "connector": "twilio", "channel": target},
-        "identity": {"external": {"id": target, "platform": "twilio"}},
-        "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat", "channel": target},
+        "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "test", "connector": "scripted", "channel": target},
+        "identity": {"external": {"id": target, "platform": "scripted"}},
+        "egress": {"destination": "internal.egress.v1", "connector": "scripted", "type": "chat", "channel": target},
         "routing": {"stage": "responded", "slip": [], "history": []},
         "message": {"id": "m", "role": "assistant", "text": text}
     });
-    Incoming {
+    Received {
         body: serde_json::to_vec(&event).unwrap(),
         message_id: Some(format!("test:{}", uuid::Uuid::new_v4())),
         timestamp: None,
         redelivered: false,
-        acker: Acker::None,
+        handle: DeliveryHandle::new(MemorySettle),
     }
 }
 
@@ -253,7 +305,7 @@ async fn the_same_recipient_waits_for_its_earlier_event_even_when_it_retries() {
 
 #[tokio::test(start_paused = true)]
 async fn attempts_are_bounded_then_the_event_is_dead_lettered() {
-    let h = harness(EngineConfig {
+    let h = harness(Limits {
         max_attempts: 3,
         ..config()
     });
@@ -267,14 +319,14 @@ async fn attempts_are_bounded_then_the_event_is_dead_lettered() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["reason"], "retries_exhausted");
     assert_eq!(dead[0]["attempts"], 3);
-    assert_eq!(dead[0]["twilioErrorCode"], 20429);
+    assert_eq!(dead[0]["scriptedErrorCode"], 20429);
     let status = published(&h.bus, "internal.egress.status.v1");
     assert_eq!(status[0]["status"], "dead_lettered");
 }
 
 #[tokio::test(start_paused = true)]
 async fn one_sender_is_held_to_the_send_rate() {
-    let h = harness(EngineConfig {
+    let h = harness(Limits {
         max_send_rate: 1.0,
         ..config()
     });
@@ -323,12 +375,12 @@ async fn a_redelivered_event_gets_the_same_tokens() {
     let h = harness(config());
     let text = "Sentence number one is here. ".repeat(80);
     let first = incoming("+1555000001", &text);
-    let again = Incoming {
+    let again = Received {
         body: first.body.clone(),
         message_id: first.message_id.clone(),
         timestamp: None,
         redelivered: true,
-        acker: Acker::None,
+        handle: DeliveryHandle::new(MemorySettle),
     };
     h.engine.accept(first).await;
     h.engine.accept(again).await;
@@ -343,19 +395,16 @@ async fn a_redelivered_event_gets_the_same_tokens() {
 
 #[test]
 fn without_a_message_id_the_body_identifies_the_event() {
-    let event = |body: &[u8], id: Option<&str>| Incoming {
+    let event = |body: &[u8], id: Option<&str>| Received {
         body: body.to_vec(),
         message_id: id.map(str::to_owned),
         timestamp: None,
         redelivered: false,
-        acker: Acker::None,
+        handle: DeliveryHandle::new(MemorySettle),
     };
     assert_eq!(event(b"a", None).key(), event(b"a", None).key());
     assert_ne!(event(b"a", None).key(), event(b"b", None).key());
     assert_eq!(event(b"a", Some("m1")).key(), event(b"b", Some("m1")).key());
     assert_eq!(event(b"a", Some(" ")).key(), event(b"a", None).key());
-    assert_ne!(
-        super::process::part_token("mid:m1", 0, 2),
-        super::process::part_token("mid:m1", 1, 2)
-    );
+    assert_ne!(part_token("mid:m1", 0, 2), part_token("mid:m1", 1, 2));
 }

@@ -1,13 +1,15 @@
-//! The events egress publishes about its work: a status event on `internal.egress.status.v1`
-//! for every outcome, and a dead letter on `internal.deadletter.v1` for every event it gives up
-//! on. Both are plain JSON (camelCase) published through [`crate::publisher::EventPublisher`]
-//! with a stable `message_id`, so a redelivered event yields the same ids again.
+//! The events egress publishes about its work: an [`EgressStatusEvent`] on
+//! `internal.egress.status.v1` for every outcome, and a [`DeadLetter`] on
+//! `internal.deadletter.v1` for every event it gives up on. Both are plain JSON (camelCase)
+//! published through [`crate::publisher::EventPublisher`] with a stable `message_id`, so a
+//! redelivered event yields the same ids again. (Connectors publish their own delivery receipts
+//! on the same topic under another `type`.)
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::split::TextInfo;
+use super::sink::TextInfo;
 use crate::{bus::BusMessage, envelope::topics};
 
 /// `type` (and CloudEvents type) of status events.
@@ -15,27 +17,31 @@ pub const STATUS_EVENT_TYPE: &str = "egress.status.v1";
 /// `type` (and CloudEvents type) of dead letters.
 pub const DEAD_LETTER_TYPE: &str = "deadletter.v1";
 
-/// The outcome of one egress event.
+/// What happened to a send attempt (`Retried`) or to a whole egress event (the others): the
+/// `status` of an [`EgressStatusEvent`] and the `outcome` label of `egress_sends_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Status {
+pub enum Outcome {
     /// Every part was accepted by the platform.
     Sent,
+    /// One attempt failed and will be tried again (never the outcome of a whole event).
+    Retried,
     /// The platform refused it permanently (e.g. invalid number); also dead-lettered.
     Failed,
     /// Not sent: malformed event or retries exhausted; dead-lettered.
     DeadLettered,
-    /// The recipient opted out (Twilio 21610); also dead-lettered.
+    /// The recipient opted out (e.g. replied STOP to an SMS); also dead-lettered.
     OptedOut,
 }
 
-impl Status {
+impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
-            Status::Sent => "sent",
-            Status::Failed => "failed",
-            Status::DeadLettered => "dead_lettered",
-            Status::OptedOut => "opted_out",
+            Outcome::Sent => "sent",
+            Outcome::Retried => "retried",
+            Outcome::Failed => "failed",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::OptedOut => "opted_out",
         }
     }
 }
@@ -53,17 +59,18 @@ pub struct PartReport {
     pub attempts: u32,
 }
 
-/// Body of `internal.egress.status.v1`.
+/// Body of an `egress.status.v1` event on `internal.egress.status.v1`: the outcome of one
+/// egress event.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct StatusEvent {
+pub struct EgressStatusEvent {
     /// The envelope's correlation id (absent only when the event was unreadable).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     pub connector: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
-    pub status: Status,
+    pub status: Outcome,
     /// Provider id of the first part.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_sid: Option<String>,
@@ -138,7 +145,7 @@ impl DeadLetter {
 }
 
 /// The status event as a bus message; `event_key` identifies the consumed event.
-pub fn status_message(event_key: &str, status: &StatusEvent) -> BusMessage {
+pub fn status_message(event_key: &str, status: &EgressStatusEvent) -> BusMessage {
     BusMessage::json(
         topics::EGRESS_STATUS,
         format!("egress-status:{event_key}:{}", status.status.as_str()),
@@ -176,7 +183,7 @@ mod tests {
     #[test]
     fn dead_letters_name_the_provider_code() {
         let dl = DeadLetter {
-            connector: "twilio".into(),
+            connector: "sms".into(),
             reason: "provider_rejected".into(),
             detail: "invalid To".into(),
             error_code: Some(21211),
@@ -188,7 +195,7 @@ mod tests {
             original_event: serde_json::json!({"v": "2"}),
         };
         let json = dl.to_json();
-        assert_eq!(json["twilioErrorCode"], 21211);
+        assert_eq!(json["smsErrorCode"], 21211);
         assert_eq!(json["httpStatus"], 400);
         assert_eq!(json["attempts"], 1);
         assert_eq!(json["originalEvent"]["v"], "2");

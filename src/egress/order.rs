@@ -56,7 +56,8 @@ impl Sequencer {
     }
 
     /// Keys with a queued or running turn.
-    pub fn active_keys(&self) -> usize {
+    #[cfg(test)]
+    fn active_keys(&self) -> usize {
         self.tails.lock().expect("poisoned").len()
     }
 }

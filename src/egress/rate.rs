@@ -1,4 +1,4 @@
-//! Per-sender token bucket (`TWILIO_MAX_SEND_RATE` messages per second per sender).
+//! Per-sender token bucket (a sink's `max_send_rate` messages per second per sender).
 //!
 //! A GCRA-style limiter: each sender has a "theoretical arrival time"; [`RateLimiter::acquire`]
 //! reserves the next free slot and sleeps until it, so callers for one sender leave evenly spaced
@@ -33,11 +33,6 @@ impl RateLimiter {
             tolerance: interval.saturating_mul(burst.max(1) - 1),
             senders: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// The spacing between two sends of one sender.
-    pub fn interval(&self) -> Duration {
-        self.interval
     }
 
     /// Reserves the next slot for `sender` and returns when it has come.

@@ -10,6 +10,7 @@ use std::cmp::Ordering;
 
 use serde_json::Value;
 
+use super::sink::InvalidTarget;
 use crate::envelope::{Candidate, CandidateStatus, InternalEventV2, Media};
 
 /// Why an event cannot be sent; `reason` is stable (it goes into the dead letter).
@@ -46,8 +47,9 @@ pub struct Parsed {
     pub event: Option<Box<InternalEventV2>>,
 }
 
-/// Parses an egress event and checks it is addressed to `connector`.
-pub fn parse(body: &[u8], connector: &str) -> (Parsed, Result<(), Rejection>) {
+/// Parses an egress event and checks it is addressed to one of the `connectors` that have a
+/// sink.
+pub fn parse(body: &[u8], connectors: &[&str]) -> (Parsed, Result<(), Rejection>) {
     let json: Value = match serde_json::from_slice(body) {
         Ok(json) => json,
         Err(error) => {
@@ -75,9 +77,9 @@ pub fn parse(body: &[u8], connector: &str) -> (Parsed, Result<(), Rejection>) {
                 "invalid_envelope",
                 "`egress.connector` is missing",
             )),
-            Some(other) if other != connector => Err(Rejection::new(
+            Some(other) if !connectors.contains(&other) => Err(Rejection::new(
                 "unknown_connector",
-                format!("egress.connector is {other:?}; this service delivers {connector:?}"),
+                format!("egress.connector is {other:?}; this service delivers {connectors:?}"),
             )),
             Some(_) => Ok(()),
         },
@@ -112,7 +114,7 @@ pub fn parse(body: &[u8], connector: &str) -> (Parsed, Result<(), Rejection>) {
 /// Picks text, media and target. `check_target` is the sink's address validation.
 pub fn select(
     event: &InternalEventV2,
-    check_target: impl Fn(&str) -> Result<(), String>,
+    check_target: impl Fn(&str) -> Result<(), InvalidTarget>,
 ) -> Result<Selection, Rejection> {
     let candidate = best_candidate(event.candidates.as_deref().unwrap_or_default());
     let reply_message = event
@@ -155,7 +157,7 @@ pub fn select(
             .or_else(|| non_blank(Some(&event.ingress.channel)))
     }
     .ok_or_else(|| Rejection::new("invalid_target", "no recipient: egress.channel, ingress.channel (or identity.external.id for dm) are empty"))?;
-    check_target(&target).map_err(|problem| Rejection::new("invalid_target", problem))?;
+    check_target(&target).map_err(|problem| Rejection::new("invalid_target", problem.0))?;
 
     Ok(Selection {
         target,
@@ -281,13 +283,13 @@ mod tests {
 
     fn run(value: Value) -> Result<Selection, Rejection> {
         let body = serde_json::to_vec(&value).unwrap();
-        let (parsed, check) = parse(&body, "twilio");
+        let (parsed, check) = parse(&body, &["twilio"]);
         check?;
         select(parsed.event.as_ref().unwrap(), |t| {
             if t.starts_with('+') || t.starts_with("CH") {
                 Ok(())
             } else {
-                Err(format!("bad target {t}"))
+                Err(InvalidTarget(format!("bad target {t}")))
             }
         })
     }
@@ -408,7 +410,7 @@ mod tests {
 
     #[test]
     fn malformed_events_are_named() {
-        let reason = |body: &[u8]| parse(body, "twilio").1.unwrap_err().reason;
+        let reason = |body: &[u8]| parse(body, &["twilio"]).1.unwrap_err().reason;
         assert_eq!(reason(b"{not json"), "invalid_json");
         assert_eq!(reason(br#"{"v":"2"}"#), "missing_egress");
         let mut e = event(json!({}));

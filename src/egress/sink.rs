@@ -1,11 +1,15 @@
 //! The connector-neutral sink: what the egress engine asks of a platform (validate a target,
-//! say how long a part may be, send one part idempotently) and the types it exchanges.
+//! cut text into parts, send one part) and the types it exchanges.
 //!
-//! A second platform is a new [`EgressSink`] implementation; the loop, selection, splitting,
-//! ordering, rate limiting, retries and outcome events stay as they are.
+//! A second platform is a new [`EgressSink`] implementation handed to the engine; the loop,
+//! selection, ordering, rate limiting, retries and outcome events stay as they are. Sinks are
+//! `dyn` objects: the engine holds one per connector and routes each event to the sink named by
+//! its `egress.connector`.
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use serde::Serialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
@@ -31,10 +35,8 @@ pub struct Outbound<'a> {
 /// The platform accepted the part.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Accepted {
-    /// The platform's id for what it created (Twilio: `SM…`, `MM…`, `IM…`).
+    /// The platform's id for what it created.
     pub provider_sid: Option<String>,
-    /// The platform's own segment count, when it reports one.
-    pub provider_segments: Option<u32>,
 }
 
 /// The platform refused the part or could not be reached.
@@ -42,12 +44,12 @@ pub struct Accepted {
 pub struct SendFailure {
     /// Worth another attempt (rate limited, server error, network).
     pub retryable: bool,
-    /// The recipient has opted out (Twilio 21610): terminal, reported as `opted_out`.
+    /// The recipient has opted out: terminal, reported as `opted_out`.
     pub opted_out: bool,
     /// The platform asked us to wait at least this long.
     pub retry_after: Option<Duration>,
     pub http_status: Option<u16>,
-    /// The platform's error code (Twilio: 21211, 21610, …).
+    /// The platform's error code.
     pub error_code: Option<u32>,
     /// Dead-letter reason when this failure is terminal, e.g. `provider_rejected`.
     pub reason: &'static str,
@@ -55,38 +57,61 @@ pub struct SendFailure {
     pub message: String,
 }
 
-/// What happened to one attempt or one event, for the sink's own metrics and snapshot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Sent,
-    Retried,
-    Failed,
-    DeadLettered,
-    OptedOut,
+/// A recipient address the sink cannot send to; the text goes into the dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidTarget(pub String);
+
+/// Size facts about one part's text, reported in status events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TextInfo {
+    /// Unicode scalar values.
+    pub characters: usize,
+    /// The encoding the platform will use, when it matters (SMS: `GSM-7` or `UCS-2`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+    /// Billing units (SMS segments; 0 for an empty body, 1 per part where there are none).
+    pub segments: u32,
 }
 
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Sent => "sent",
-            Outcome::Retried => "retried",
-            Outcome::Failed => "failed",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::OptedOut => "opted_out",
+/// How hard the engine may push a sink.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SinkPolicy {
+    /// Attempts per part, including the first.
+    pub max_attempts: u32,
+    /// Sends per second per sender (see [`EgressSink::sender_key`]).
+    pub max_send_rate: f64,
+    /// Sends a sender may make back to back before the rate applies.
+    pub burst: u32,
+}
+
+impl Default for SinkPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 6,
+            max_send_rate: 1.0,
+            burst: 1,
         }
     }
 }
 
 /// A platform that egress events can be delivered to.
 pub trait EgressSink: Send + Sync + 'static {
-    /// `egress.connector` value this sink serves, e.g. `twilio`.
+    /// `egress.connector` value this sink serves.
     fn connector(&self) -> &'static str;
 
-    /// Accepts or refuses a recipient address (the refusal text goes into the dead letter).
-    fn check_target(&self, target: &str) -> Result<(), String>;
+    /// Retry and rate limits for this platform.
+    fn policy(&self) -> SinkPolicy;
 
-    /// Longest text one part may carry, in UTF-16 code units.
-    fn max_text_units(&self, target: &str) -> usize;
+    /// Accepts or refuses a recipient address.
+    fn check_target(&self, target: &str) -> Result<(), InvalidTarget>;
+
+    /// Cuts `text` into the parts one message to `target` can carry, in order.
+    fn split_text(&self, target: &str, text: &str) -> Vec<String>;
+
+    /// Size facts about one part's text (may be empty for a media-only part).
+    fn describe_text(&self, text: &str) -> TextInfo;
 
     /// How many media items one part may carry (extra media go into further parts).
     fn max_media_per_part(&self, target: &str) -> usize;
@@ -95,13 +120,5 @@ pub trait EgressSink: Send + Sync + 'static {
     fn sender_key(&self, target: &str, egress_metadata: &Map<String, Value>) -> String;
 
     /// Sends one part, once. The engine handles retries, ordering and rate limiting.
-    fn send<'a>(
-        &'a self,
-        part: Outbound<'a>,
-    ) -> impl Future<Output = Result<Accepted, SendFailure>> + Send + 'a;
-
-    /// Notes an outcome (metrics, debug snapshot). `error_code` is the platform's code.
-    fn observe(&self, outcome: Outcome, error_code: Option<u32>) {
-        let _ = (outcome, error_code);
-    }
+    fn send<'a>(&'a self, part: Outbound<'a>) -> BoxFuture<'a, Result<Accepted, SendFailure>>;
 }

@@ -1,68 +1,34 @@
-//! Debug views for operators: the connector snapshot and, with the embedded bus, the most recent
-//! events. Guarded by `DEBUG_TOKEN`; without one they are open in development and disabled in
-//! production.
+//! Debug views for operators: each connector's snapshot (`/_debug/<connector>`) and, with the
+//! embedded bus, the most recent events. Guarded by `DEBUG_TOKEN`; without one they are open in
+//! development and disabled in production.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use utoipa::IntoParams;
 
-use crate::{configuration::AppEnv, error::ApiError, startup::AppState};
+use crate::{app_state::AppState, error::ApiError};
 
-/// Checks `Authorization: Bearer <token>` against the configured tokens.
-pub fn authorize(
-    req: &HttpRequest,
-    state: &AppState,
-    tokens: &[&secrecy::SecretString],
-) -> Result<(), ApiError> {
-    if tokens.is_empty() {
-        return if state.settings.app_env == AppEnv::Production {
-            Err(ApiError::NotFound)
-        } else {
-            Ok(())
-        };
-    }
-    let presented = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or(ApiError::Unauthorized)?;
-    let matches = tokens.iter().fold(false, |found, token| {
-        found | bool::from(token.expose_secret().as_bytes().ct_eq(presented.as_bytes()))
-    });
-    if matches {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
-}
+/// The route serving every connector's snapshot.
+pub const SNAPSHOT_ROUTE: &str = "/_debug/{connector}";
 
-fn debug_tokens(state: &AppState) -> Vec<&secrecy::SecretString> {
-    state.settings.debug_token.iter().collect()
-}
-
+// Documented once per registered connector, as `/_debug/<name>` (see `crate::openapi`).
 /// Connector snapshot: state, counters, last error and activity, non-secret configuration.
 /// Never a secret, phone number or message body.
-#[utoipa::path(get, path = "/_debug/twilio", tag = "operations",
+#[utoipa::path(get, path = "/_debug/{connector}", tag = "operations",
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Snapshot", body = Object),
         (status = 401, description = "Missing or wrong bearer token", body = crate::error::ErrorBody),
         (status = 404, description = "Disabled (production without DEBUG_TOKEN)", body = crate::error::ErrorBody)))]
-pub async fn twilio_snapshot(
+pub async fn connector_snapshot(
     req: HttpRequest,
     state: web::Data<AppState>,
+    connector: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state, &debug_tokens(&state))?;
-    let connector = state
-        .connectors
-        .iter()
-        .find(|c| c.name() == "twilio")
-        .ok_or(ApiError::NotFound)?;
+    state.debug_auth.check(&req)?;
+    let connector = state.connector(&connector).ok_or(ApiError::NotFound)?;
     let broker = state.bus.state();
     let egress = state.egress_consuming.as_ref().map(|f| f.get());
     let degraded_reason = if !state.bus.is_ready() {
@@ -89,19 +55,24 @@ pub async fn twilio_snapshot(
         },
         "egressConsumer": egress,
         "egressQueueDepth": state.metrics.egress_queue_depth.get(),
-        "twilio": connector.snapshot(),
     });
-    scrub(&mut snapshot, &secret_values(&state.settings));
+    // The connector's own view sits under its name.
+    snapshot[connector.name()] = connector.snapshot();
+    let mut secrets = core_secret_values(&state.settings);
+    secrets.extend(
+        state
+            .connectors
+            .iter()
+            .flat_map(|c| c.secrets())
+            .map(|s| s.expose_secret().to_owned()),
+    );
+    scrub(&mut snapshot, &secrets);
     Ok(HttpResponse::Ok().json(snapshot))
 }
 
-/// Every configured secret value, for [`scrub`].
-fn secret_values(settings: &crate::configuration::Settings) -> Vec<String> {
-    let twilio = &settings.twilio;
+/// The core's secret values (connectors add theirs), for [`scrub`].
+fn core_secret_values(settings: &crate::configuration::Settings) -> Vec<String> {
     let mut secrets: Vec<String> = [
-        Some(&twilio.auth_token),
-        twilio.secondary_auth_token.as_ref(),
-        twilio.api_secret.as_ref(),
         settings.debug_token.as_ref(),
         settings.operator_token.as_ref(),
     ]
@@ -120,7 +91,7 @@ fn secret_values(settings: &crate::configuration::Settings) -> Vec<String> {
     secrets
 }
 
-/// Last line of defence for the snapshot (error texts come from brokers and Twilio): masks the
+/// Last line of defence for the snapshot (error texts come from brokers and platforms): masks the
 /// configured secrets and anything shaped like a phone number (`+` and 8 to 15 digits) in every
 /// string.
 pub fn scrub(value: &mut serde_json::Value, secrets: &[String]) {
@@ -199,7 +170,7 @@ pub async fn recent_events(
     state: web::Data<AppState>,
     query: web::Query<EventsQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    authorize(&req, &state, &debug_tokens(&state))?;
+    state.debug_auth.check(&req)?;
     let bus = state.bus.as_memory().ok_or(ApiError::NotFound)?;
     let events: Vec<_> = bus
         .recent()

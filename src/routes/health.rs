@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::startup::AppState;
+use crate::app_state::AppState;
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {

@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 
-use crate::startup::AppState;
+use crate::app_state::AppState;
 
 /// Prometheus text exposition of every metric.
 #[utoipa::path(get, path = "/metrics", tag = "operations",

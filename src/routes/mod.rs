@@ -1,7 +1,6 @@
-//! Operator routes: health, metrics, API documentation and debug views. Connector webhooks
-//! live with their connector (`connectors::*::routes`).
+//! The service's own routes: health, metrics and debug views. Connector routes (webhooks,
+//! operator actions) live with their connector.
 
 pub mod debug;
 pub mod health;
 pub mod metrics;
-pub mod operator;

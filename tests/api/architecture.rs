@@ -2,8 +2,9 @@
 //! secret has its Secret Manager name (and `cloudbuild.yaml` maps it), and every documented HTTP
 //! path is declared.
 //!
-//! "The variables the code reads" are the fields of `RawSettings` in `src/configuration.rs`
-//! (envy upper-cases them), every `env::var("…")` / `env::var_os("…")` under `src/`, and
+//! "The variables the code reads" are the fields of `RawSettings` in
+//! `src/configuration/mod.rs` and of each connector's `Raw…` struct in
+//! `src/connectors/<name>/config.rs` behind its `envy::prefixed("…")` (envy upper-cases them), every `env::var("…")` / `env::var_os("…")` under `src/`, and
 //! `RUST_LOG` when `EnvFilter::try_from_default_env` is used.
 
 use std::{
@@ -39,7 +40,7 @@ fn read(relative: &str) -> String {
         .unwrap_or_else(|e| panic!("cannot read {relative}: {e}"))
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+pub fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("readable dir") {
         let path = entry.expect("dir entry").path();
         if path.is_dir() {
@@ -50,11 +51,11 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The field names of `pub struct RawSettings { … }`, upper-cased.
-fn raw_settings_vars(source: &str) -> BTreeSet<String> {
+/// The field names of `pub struct <name> { … }`, upper-cased, each with `prefix` before it.
+fn raw_settings_vars(source: &str, name: &str, prefix: &str) -> BTreeSet<String> {
     let start = source
-        .find("pub struct RawSettings {")
-        .expect("src/configuration.rs defines `pub struct RawSettings {`");
+        .find(&format!("pub struct {name} {{"))
+        .unwrap_or_else(|| panic!("the settings source defines `pub struct {name} {{`"));
     let body = &source[start..];
     let body = &body[body.find('{').unwrap() + 1..body.find("\n}").expect("struct ends")];
     let vars: BTreeSet<String> = body
@@ -66,13 +67,40 @@ fn raw_settings_vars(source: &str) -> BTreeSet<String> {
             let name = name.strip_prefix("pub ").unwrap_or(name).trim();
             name.chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                .then(|| name.to_ascii_uppercase())
+                .then(|| format!("{prefix}{}", name.to_ascii_uppercase()))
         })
         .collect();
-    assert!(
-        vars.len() > 10,
-        "RawSettings parsed to too few fields: {vars:?}"
-    );
+    assert!(vars.len() > 10, "{name} parsed to too few fields: {vars:?}");
+    vars
+}
+
+/// Each connector's variables: the `Raw…` struct its `config.rs` deserialises with
+/// `envy::prefixed("PREFIX_")`.
+fn connector_vars() -> BTreeSet<String> {
+    let mut vars = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join("src/connectors")).expect("src/connectors") {
+        let config = entry.expect("dir entry").path().join("config.rs");
+        let Ok(source) = std::fs::read_to_string(&config) else {
+            continue;
+        };
+        let prefix_at = source.find("envy::prefixed(\"").unwrap_or_else(|| {
+            panic!(
+                "{} reads its variables with envy::prefixed",
+                config.display()
+            )
+        });
+        let prefix = &source[prefix_at + "envy::prefixed(\"".len()..];
+        let prefix = &prefix[..prefix.find('"').expect("prefix literal ends")];
+        let struct_at = source
+            .find("pub struct Raw")
+            .unwrap_or_else(|| panic!("{} defines `pub struct Raw…`", config.display()));
+        let name = source[struct_at + "pub struct ".len()..]
+            .split_whitespace()
+            .next()
+            .expect("struct name");
+        vars.extend(raw_settings_vars(&source, name, prefix));
+    }
+    assert!(!vars.is_empty(), "no connector settings found");
     vars
 }
 
@@ -93,7 +121,8 @@ fn env_var_literals(source: &str) -> BTreeSet<String> {
 
 /// Every variable the service reads, platform ones included, test-only ones excluded.
 fn vars_read_by_code() -> BTreeSet<String> {
-    let mut vars = raw_settings_vars(&read("src/configuration.rs"));
+    let mut vars = raw_settings_vars(&read("src/configuration/mod.rs"), "RawSettings", "");
+    vars.extend(connector_vars());
     let mut files = Vec::new();
     rust_files(&root().join("src"), &mut files);
     let mut uses_rust_log = false;

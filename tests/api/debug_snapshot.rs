@@ -101,7 +101,7 @@ async fn without_a_token_the_snapshot_is_disabled_in_production() {
         ],
     )
     .await;
-    assert!(app.settings.twilio.account_sid.is_some());
+    assert!(app.settings.environment.get("TWILIO_ACCOUNT_SID").is_some());
     assert_error(snapshot(&app, None).await, 404, "not_found").await;
     assert_error(snapshot(&app, Some("anything")).await, 404, "not_found").await;
     assert_error(app.get("/_debug/events").await, 404, "not_found").await;

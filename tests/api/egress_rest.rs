@@ -3,6 +3,7 @@
 
 use ingress_egress::{
     configuration::Settings,
+    connectors::twilio::config::TwilioSettings,
     connectors::twilio::rest::{
         MessageSender, NewConversationMessage, NewMessage, ParticipantAdded, RestError, TwilioRest,
     },
@@ -36,7 +37,10 @@ fn rest(fake: &FakeTwilio, extra: &[(&str, &str)]) -> TwilioRest {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
     );
-    TwilioRest::new(&Settings::from_vars(vars).unwrap().twilio)
+    let settings = Settings::from_vars(vars).unwrap();
+    TwilioRest::new(
+        &TwilioSettings::from_environment(&settings.environment, settings.app_env).unwrap(),
+    )
 }
 
 #[tokio::test]

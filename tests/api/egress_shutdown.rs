@@ -2,14 +2,16 @@
 //! it) so the test can signal shutdown. An in-flight send finishes and is acked; a send waiting
 //! to retry is requeued; nothing is consumed after the signal.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ingress_egress::{
+    auth::BearerAuth,
     bus::Bus,
     configuration::Settings,
-    connectors::twilio::{
-        egress_sink::{engine_config, TwilioSink},
-        TwilioConnector,
+    connectors::{
+        twilio::{config::TwilioSettings, TwilioConnector},
+        Connector, ConnectorContext,
     },
     egress,
     metrics::Metrics,
@@ -52,13 +54,21 @@ impl Consumer {
             settings.bus.confirm_timeout,
             metrics.clone(),
         );
-        let connector = TwilioConnector::new(&settings, publisher.clone(), metrics.clone());
         let shutdown = CancellationToken::new();
+        let context = ConnectorContext {
+            settings: Arc::new(settings.clone()),
+            publisher: publisher.clone(),
+            metrics: metrics.clone(),
+            operator_auth: BearerAuth::operator(&settings),
+            shutdown: shutdown.clone(),
+        };
+        let twilio =
+            TwilioSettings::from_environment(&settings.environment, settings.app_env).unwrap();
+        let connector = TwilioConnector::new(&context, twilio);
         let (ready, task) = egress::start(
-            TwilioSink::new(connector),
-            engine_config(&settings.twilio),
-            bus.clone(),
-            settings.bus.clone(),
+            connector.egress_sink().into_iter().collect(),
+            &bus,
+            &settings.bus,
             publisher,
             metrics,
             shutdown.clone(),

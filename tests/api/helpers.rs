@@ -3,7 +3,10 @@
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use ingress_egress::{configuration::Settings, startup::Application};
+use ingress_egress::{
+    configuration::Settings,
+    startup::{Application, ConnectorFactory},
+};
 use lapin::{message::Delivery, Connection, ConnectionProperties};
 use serde::Deserialize;
 
@@ -148,6 +151,16 @@ pub async fn spawn_app(amqp_url: Option<&str>, overrides: &[(&str, &str)]) -> Te
 
 /// Spawns the application without waiting for the broker.
 pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_connectors(amqp_url, overrides, Vec::new()).await
+}
+
+/// Spawns the application serving `extra` connectors beside the registered ones, without
+/// waiting for the broker.
+pub async fn spawn_app_with_connectors(
+    amqp_url: Option<&str>,
+    overrides: &[(&str, &str)],
+    extra: Vec<ConnectorFactory>,
+) -> TestApp {
     let mut vars = base_vars(amqp_url);
     let outbox_guard = if overrides.iter().any(|(k, _)| *k == "OUTBOX_DIR") {
         None
@@ -165,7 +178,7 @@ pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &st
     }
     let settings = Settings::from_vars(vars).expect("test settings are valid");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let application = Application::build_with_listener(settings.clone(), listener)
+    let application = Application::build_with_connectors(settings.clone(), listener, extra)
         .await
         .expect("application builds");
     let port = application.port();
@@ -252,12 +265,12 @@ impl TestApp {
 }
 
 /// An exclusive, auto-deleted queue bound to one routing key, to observe what is published.
-pub struct BusTap(ingress_egress::bus::amqp::Tap);
+pub struct BusTap(ingress_egress::bus::amqp::tap::Tap);
 
 impl BusTap {
     pub async fn bind(amqp_url: &str, exchange: &str, routing_key: &str) -> Self {
         Self(
-            ingress_egress::bus::amqp::Tap::bind(amqp_url, exchange, routing_key)
+            ingress_egress::bus::amqp::tap::Tap::bind(amqp_url, exchange, routing_key)
                 .await
                 .expect("tap bound"),
         )

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use ingress_egress::{connectors::twilio::signature::compute_signature, envelope::topics};
+use ingress_egress::{connectors::twilio::ingress::signature::compute_signature, envelope::topics};
 use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{

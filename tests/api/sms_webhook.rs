@@ -280,7 +280,7 @@ async fn a_twilio_retry_of_the_same_message_is_answered_but_published_once() {
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains(
-            r#"ingress_egress_webhook_requests_total{outcome="duplicate",route="sms"} 2"#
+            r#"ingress_egress_webhook_requests_total{connector="twilio",outcome="duplicate",route="sms"} 2"#
         ),
         "{metrics}"
     );
@@ -344,7 +344,7 @@ async fn bad_requests_get_the_right_status_and_publish_nothing() {
         ("From".to_owned(), "+14155550100".to_owned()),
         ("To".to_owned(), "+15005550006".to_owned()),
     ];
-    let signature = ingress_egress::connectors::twilio::signature::compute_signature(
+    let signature = ingress_egress::connectors::twilio::ingress::signature::compute_signature(
         &tokens.primary_auth_token,
         &format!("{}/webhooks/twilio/sms", tokens.public_base_url),
         &params,
@@ -462,7 +462,7 @@ async fn readyz_reports_the_broker_and_metrics_are_prometheus_text() {
     assert!(text.contains("# TYPE ingress_egress_webhook_duration_seconds histogram"));
     assert!(
         text.contains(
-            r#"ingress_egress_webhook_requests_total{outcome="published",route="sms"} 1"#
+            r#"ingress_egress_webhook_requests_total{connector="twilio",outcome="published",route="sms"} 1"#
         ),
         "{text}"
     );

@@ -1,169 +1,141 @@
-//! The Twilio connector: webhooks in (SMS/MMS/WhatsApp, Conversations, status callbacks) and
-//! REST sends out.
+//! The Twilio connector: webhooks in (SMS/MMS/WhatsApp, Conversations, status callbacks, Event
+//! Streams) and REST sends out.
+//!
+//! - [`config`]: every `TWILIO_*` setting; [`address`]: phone, WhatsApp, Messenger and
+//!   Conversation addresses; [`shared`]: what both wings share.
+//! - [`ingress`]: the webhooks (a source); [`egress`]: the sink, text splitting, auto-join;
+//!   [`rest`]: Twilio's REST API; [`operator`]: `POST /v1/messages`; [`simulate`]: the CLI
+//!   that signs a sample webhook.
 
-pub mod conversations;
-pub mod egress_sink;
-pub mod event_streams;
-pub mod inbound;
-pub mod participants;
+pub mod address;
+pub mod config;
+pub mod egress;
+pub mod ingress;
+pub mod operator;
 pub mod rest;
-pub mod routes;
-pub mod signature;
-pub mod sms;
-pub mod status;
-pub mod webhook;
+pub(crate) mod shared;
+pub mod simulate;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use actix_web::web;
-use chrono::{DateTime, Utc};
+use secrecy::SecretString;
 use serde_json::json;
+use utoipa::OpenApi;
 
 use crate::{
-    configuration::{Settings, TwilioSettings},
+    configuration::ConfigError,
+    connectors::{Connector, ConnectorContext},
+    egress::sink::EgressSink,
     metrics::Metrics,
-    publisher::EventPublisher,
 };
-use signature::SignatureValidator;
-use webhook::WebhookVerifier;
+use config::{TwilioSettings, DEVELOPMENT_AUTH_TOKEN};
+use egress::{auto_join::AutoJoiner, sink::TwilioSink};
+use ingress::{signature::SignatureValidator, webhook::WebhookVerifier, IngressContext};
+use operator::OperatorContext;
+use shared::{Twilio, CONNECTOR};
 
-/// `ingress.connector` / `egress.connector`.
-pub const CONNECTOR: &str = "twilio";
-/// `identity.external.platform`.
-pub const PLATFORM: &str = "twilio";
-/// `ingress.source`, also the CloudEvents `source` of what we publish.
-pub const INGRESS_SOURCE: &str = "ingress.twilio";
-
-/// Shared state of the Twilio connector, handed to its routes.
-#[derive(Clone)]
+/// The connector as registered: its shared state, ingress context and sink.
 pub struct TwilioConnector {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    settings: TwilioSettings,
-    verifier: WebhookVerifier,
-    publisher: EventPublisher,
-    metrics: Metrics,
-    activity: Mutex<Activity>,
-    rest: rest::TwilioRest,
-    auto_joiner: participants::AutoJoiner,
-}
-
-/// Timestamps and the last error, for the debug snapshot.
-#[derive(Default, Clone)]
-struct Activity {
-    last_inbound_at: Option<DateTime<Utc>>,
-    last_outbound_at: Option<DateTime<Utc>>,
-    last_error: Option<(DateTime<Utc>, String)>,
+    twilio: Twilio,
+    ingress: IngressContext,
+    operator: OperatorContext,
+    sink: Arc<TwilioSink>,
 }
 
 impl TwilioConnector {
-    pub fn new(settings: &Settings, publisher: EventPublisher, metrics: Metrics) -> Self {
-        let twilio = settings.twilio.clone();
-        let rest = rest::TwilioRest::new(&twilio);
+    /// Reads `TWILIO_*` and builds the connector; `None` when `TWILIO_ENABLED=false`.
+    pub fn build(context: &ConnectorContext) -> Result<Option<Arc<dyn Connector>>, ConfigError> {
+        let settings = TwilioSettings::from_environment(
+            &context.settings.environment,
+            context.settings.app_env,
+        )?;
+        if !settings.enabled {
+            return Ok(None);
+        }
+        if settings.using_development_token {
+            tracing::warn!(
+                token = DEVELOPMENT_AUTH_TOKEN,
+                "TWILIO_AUTH_TOKEN is not set: validating webhooks with the public DEVELOPMENT token. \
+                 NOT FOR PRODUCTION: anyone can sign requests with it."
+            );
+        }
+        Ok(Some(Arc::new(Self::new(context, settings))))
+    }
+
+    pub fn new(context: &ConnectorContext, settings: TwilioSettings) -> Self {
         let verifier = WebhookVerifier {
             validator: SignatureValidator::new(
-                twilio.auth_token.clone(),
-                twilio.secondary_auth_token.clone(),
+                settings.auth_token.clone(),
+                settings.secondary_auth_token.clone(),
             ),
-            public_base_url: settings.public_base_url.clone(),
-            max_body_bytes: settings.max_body_bytes,
+            public_base_url: context.settings.public_base_url.clone(),
+            max_body_bytes: context.settings.max_body_bytes,
         };
-        let auto_joiner =
-            participants::AutoJoiner::new(twilio.identity.clone(), rest.clone(), metrics.clone())
-                .persisting_in(settings.outbox_dir.join("pending-joins"));
+        let twilio = Twilio::new(settings, context.publisher.clone(), context.metrics.clone());
+        let auto_joiner = AutoJoiner::new(
+            twilio.settings().identity.clone(),
+            twilio.rest().clone(),
+            context.metrics.clone(),
+        )
+        .persisting_in(context.settings.outbox_dir.join("pending-joins"));
         Self {
-            inner: Arc::new(Inner {
-                settings: twilio,
-                verifier,
-                publisher,
-                metrics,
-                activity: Mutex::new(Activity::default()),
-                auto_joiner,
-                rest,
-            }),
+            ingress: IngressContext::new(twilio.clone(), verifier, auto_joiner),
+            operator: OperatorContext {
+                auth: context.operator_auth.clone(),
+                publisher: context.publisher.clone(),
+            },
+            sink: Arc::new(TwilioSink::new(twilio.clone())),
+            twilio,
         }
     }
 
     pub fn settings(&self) -> &TwilioSettings {
-        &self.inner.settings
-    }
-
-    pub fn verifier(&self) -> &WebhookVerifier {
-        &self.inner.verifier
-    }
-
-    pub fn publisher(&self) -> &EventPublisher {
-        &self.inner.publisher
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
-    /// Adds the bot to Conversations it is not part of yet (auto-join).
-    pub fn auto_joiner(&self) -> &participants::AutoJoiner {
-        &self.inner.auto_joiner
-    }
-
-    /// The Twilio REST client (one pooled HTTP client for the whole connector).
-    pub fn rest(&self) -> &rest::TwilioRest {
-        &self.inner.rest
-    }
-
-    pub fn record_inbound(&self) {
-        self.inner
-            .activity
-            .lock()
-            .expect("poisoned")
-            .last_inbound_at = Some(Utc::now());
-    }
-
-    pub fn record_outbound(&self) {
-        self.inner
-            .activity
-            .lock()
-            .expect("poisoned")
-            .last_outbound_at = Some(Utc::now());
-    }
-
-    /// Remembers an error for the snapshot; `message` must hold no secret or message content.
-    pub fn record_error(&self, message: impl Into<String>) {
-        self.inner.activity.lock().expect("poisoned").last_error =
-            Some((Utc::now(), message.into()));
+        self.twilio.settings()
     }
 }
 
-impl crate::connectors::Connector for TwilioConnector {
+impl Connector for TwilioConnector {
     fn name(&self) -> &'static str {
         CONNECTOR
     }
 
     fn configure_routes(&self, config: &mut web::ServiceConfig) {
-        routes::configure(self.clone(), config);
+        ingress::configure(self.ingress.clone(), config);
+        operator::configure(self.operator.clone(), config);
     }
 
     fn openapi(&self) -> utoipa::openapi::OpenApi {
-        use utoipa::OpenApi;
-        routes::TwilioApi::openapi()
+        let mut doc = ingress::TwilioApi::openapi();
+        doc.merge(operator::OperatorApi::openapi());
+        doc
+    }
+
+    fn egress_sink(&self) -> Option<Arc<dyn EgressSink>> {
+        Some(self.sink.clone())
+    }
+
+    fn secrets(&self) -> Vec<&SecretString> {
+        self.twilio.settings().secrets()
     }
 
     fn snapshot(&self) -> serde_json::Value {
-        let settings = &self.inner.settings;
-        let activity = self.inner.activity.lock().expect("poisoned").clone();
-        let metrics = &self.inner.metrics;
+        let settings = self.twilio.settings();
+        let activity = self.twilio.activity();
+        let metrics = self.twilio.metrics();
         let webhooks = |outcome: &str| {
-            Metrics::sum(&metrics.webhook_requests, |labels| {
-                labels.iter().any(|(k, v)| *k == "outcome" && *v == outcome)
-            })
+            Metrics::sum_where(
+                &metrics.webhook_requests,
+                &[("connector", CONNECTOR), ("outcome", outcome)],
+            )
         };
         let sends = |outcome: &str| {
-            Metrics::sum(&metrics.twilio_sends, |labels| {
-                labels.iter().any(|(k, v)| *k == "outcome" && *v == outcome)
-            })
+            Metrics::sum_where(
+                &metrics.egress_sends,
+                &[("connector", CONNECTOR), ("outcome", outcome)],
+            )
         };
-        let received = Metrics::sum(&metrics.webhook_requests, |_| true);
+        let received = Metrics::sum_where(&metrics.webhook_requests, &[("connector", CONNECTOR)]);
         json!({
             "enabled": settings.enabled,
             "developmentToken": settings.using_development_token,
@@ -174,7 +146,7 @@ impl crate::connectors::Connector for TwilioConnector {
                 "ignored": webhooks("ignored"),
                 "rejectedSignatures": webhooks("bad_signature"),
                 "rejectedOther": webhooks("bad_request") + webhooks("too_large") + webhooks("unsupported_media_type"),
-                "outboxDepth": self.inner.publisher.outbox().depth(),
+                "outboxDepth": self.twilio.publisher().outbox().depth(),
                 "egressSent": sends("sent"),
                 "egressRetried": sends("retried"),
                 "egressFailed": sends("failed"),
@@ -198,7 +170,7 @@ impl crate::connectors::Connector for TwilioConnector {
                 "secondaryAuthTokenConfigured": settings.secondary_auth_token.is_some(),
                 "statusCallbackConfigured": settings.status_callback_url.is_some(),
                 "maxSendRate": settings.max_send_rate,
-                "publicBaseUrl": self.inner.verifier.public_base_url.as_ref().map(|u| u.as_str()),
+                "publicBaseUrl": self.ingress.verifier().public_base_url.as_ref().map(|u| u.as_str()),
                 "websocketFeature": cfg!(feature = "websocket"),
             }
         })

@@ -3,8 +3,13 @@
 //!
 //! A supervisor task owns the connection. Publishers borrow the current [`Link`] (a cheap `Arc`
 //! clone; no lock is held across the confirm wait), so many confirms are in flight at once on
-//! the one channel. Consumers watch [`AmqpBus::links`] and open their own channel on each new
-//! connection.
+//! the one channel. Consumers ([`subscription`]) watch [`AmqpBus::links`] and open their own
+//! channel on each new connection; what they declare is in [`topology`]; [`tap`] watches what
+//! the service publishes.
+
+pub mod subscription;
+pub mod tap;
+pub mod topology;
 
 use std::{
     sync::{Arc, Mutex},
@@ -13,16 +18,20 @@ use std::{
 
 use futures_util::StreamExt;
 use lapin::{
-    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions},
     types::{AMQPValue, FieldTable, ShortString},
-    BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind,
+    BasicProperties, Channel, Connection, ConnectionProperties,
 };
 use secrecy::ExposeSecret;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::{routing_key, BusMessage, BusState, PublishError, APP_ID};
-use crate::{backoff::Backoff, configuration::BusSettings};
+use super::message::{routing_key, BusMessage, BusState, PublishError, APP_ID};
+use crate::{
+    backoff::Backoff,
+    configuration::{scrub_url_password, BusSettings},
+};
+use topology::declare_exchange;
 
 /// How long one connection attempt may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,91 +256,6 @@ async fn connect(settings: &BusSettings) -> Result<Link, String> {
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
         Err(_) => Err(format!("connect timed out after {CONNECT_TIMEOUT:?}")),
-        Ok(result) => result.map_err(|e| scrub_password(&e.to_string(), url.expose_secret())),
-    }
-}
-
-/// Removes the URL's password from an error text, should the client library ever echo it.
-fn scrub_password(text: &str, url: &str) -> String {
-    match url::Url::parse(url)
-        .ok()
-        .and_then(|u| u.password().map(str::to_owned))
-    {
-        Some(password) if !password.is_empty() => text.replace(&password, "***"),
-        _ => text.to_owned(),
-    }
-}
-
-/// Declares the service's exchange: durable, topic (idempotent; same arguments everywhere).
-pub async fn declare_exchange(channel: &Channel, exchange: &str) -> lapin::Result<()> {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            ExchangeKind::Topic,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-}
-
-/// An exclusive, auto-deleted queue bound to one routing key: a way to watch what the service
-/// publishes (used by `simulate` and the tests). It disappears with its connection.
-pub struct Tap {
-    _connection: Connection,
-    consumer: lapin::Consumer,
-}
-
-impl Tap {
-    pub async fn bind(amqp_url: &str, exchange: &str, routing_key: &str) -> lapin::Result<Self> {
-        use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-        let connection = Connection::connect(amqp_url, ConnectionProperties::default()).await?;
-        let channel = connection.create_channel().await?;
-        declare_exchange(&channel, exchange).await?;
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                exchange.into(),
-                routing_key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.name().clone(),
-                "tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Self {
-            _connection: connection,
-            consumer,
-        })
-    }
-
-    /// The next message, or `None` when none arrives within `wait` (or the tap closed).
-    pub async fn next(&mut self, wait: Duration) -> Option<lapin::message::Delivery> {
-        match tokio::time::timeout(wait, self.consumer.next()).await {
-            Ok(Some(Ok(delivery))) => Some(delivery),
-            _ => None,
-        }
+        Ok(result) => result.map_err(|e| scrub_url_password(&e.to_string(), url.expose_secret())),
     }
 }

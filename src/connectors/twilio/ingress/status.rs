@@ -2,7 +2,7 @@
 //!
 //! Two sources: Programmable Messaging status callbacks (`POST /webhooks/twilio/status`, one
 //! callback per status change of one message) and Conversations `onDeliveryUpdated` (one
-//! delivery receipt per message and participant). Both become a [`StatusEvent`]; the bus
+//! delivery receipt per message and participant). Both become a [`MessageStatusEvent`]; the bus
 //! `message_id` holds the message SID **and** the status, so every transition of a message is
 //! published while an identical retry of the same callback is published once.
 
@@ -11,9 +11,14 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
-use super::{routes::Outcome, webhook::FormParams, TwilioConnector, INGRESS_SOURCE};
+use super::{
+    context::IngressContext,
+    publish::{publish_once, WebhookOutcome},
+    webhook::FormParams,
+};
 use crate::{
     bus::BusMessage,
+    connectors::twilio::shared::INGRESS_SOURCE,
     envelope::{stable_correlation_id, topics},
     error::ApiError,
 };
@@ -21,8 +26,11 @@ use crate::{
 /// The bus `type` (and CloudEvents type) of a status event published by ingress.
 pub const STATUS_EVENT_TYPE: &str = "message.status.v1";
 
+// `message.status.v1`; the egress engine's own outcome is an `EgressStatusEvent`
+// (`egress.status.v1`) on the same topic. The schema keeps its published name.
 /// One delivery status change of a message we sent.
 #[derive(Clone, Debug, PartialEq, Serialize, ToSchema)]
+#[schema(as = StatusEvent)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({
     "messageSid": "SM939e5de19c1d3dadf423f1624401b2e9",
@@ -36,7 +44,7 @@ pub const STATUS_EVENT_TYPE: &str = "message.status.v1";
     "provider": "twilio",
     "source": "messaging.status_callback"
 }))]
-pub struct StatusEvent {
+pub struct MessageStatusEvent {
     /// The Twilio message SID (`SM…`/`MM…`, or `IM…` for a Conversations message).
     pub message_sid: String,
     /// Twilio's status, lower case: queued, sending, sent, delivered, undelivered, failed,
@@ -68,7 +76,7 @@ pub struct StatusEvent {
     pub metadata: Map<String, Value>,
 }
 
-impl StatusEvent {
+impl MessageStatusEvent {
     /// The bus `message_id`: the same callback always yields the same id, a different status
     /// of the same message a different one.
     pub fn dedupe_id(&self) -> String {
@@ -160,7 +168,7 @@ pub fn from_status_callback(
     params: &FormParams,
     correlation_id: Option<String>,
     received_at: DateTime<Utc>,
-) -> Result<StatusEvent, ApiError> {
+) -> Result<MessageStatusEvent, ApiError> {
     let message_sid = params
         .non_empty("MessageSid")
         .or_else(|| params.non_empty("SmsSid"))
@@ -191,7 +199,7 @@ pub fn from_status_callback(
             ("ChannelStatusMessage", "channelStatusMessage"),
         ],
     );
-    Ok(StatusEvent {
+    Ok(MessageStatusEvent {
         message_sid: message_sid.to_owned(),
         status,
         error_code,
@@ -211,7 +219,7 @@ pub fn from_conversation_delivery(
     params: &FormParams,
     bot_identity: Option<&str>,
     received_at: DateTime<Utc>,
-) -> Result<StatusEvent, ApiError> {
+) -> Result<MessageStatusEvent, ApiError> {
     let message_sid = params.require("MessageSid")?;
     let conversation_sid = params.require("ConversationSid")?;
     let status = params.require("Status")?.to_ascii_lowercase();
@@ -235,7 +243,7 @@ pub fn from_conversation_delivery(
             ("Source", "source"),
         ],
     );
-    Ok(StatusEvent {
+    Ok(MessageStatusEvent {
         message_sid: message_sid.to_owned(),
         status,
         error_message: error_code
@@ -255,9 +263,9 @@ pub fn from_conversation_delivery(
 
 /// Publishes a status event on `internal.egress.status.v1`, once per message and status.
 pub(crate) async fn publish_status(
-    twilio: &TwilioConnector,
-    event: &StatusEvent,
-) -> Result<Outcome, ApiError> {
+    twilio: &IngressContext,
+    event: &MessageStatusEvent,
+) -> Result<WebhookOutcome, ApiError> {
     let message_id = event.dedupe_id();
     let correlation_id = event.correlation_id.clone().unwrap_or_else(|| {
         stable_correlation_id(&format!("twilio:{}", event.message_sid)).to_string()
@@ -271,7 +279,7 @@ pub(crate) async fn publish_status(
         event,
     )
     .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
-    let delivery = super::routes::publish_once(twilio, message).await?;
+    let delivery = publish_once(twilio, message).await?;
     tracing::info!(
         message_sid = %event.message_sid,
         status = %event.status,
@@ -279,7 +287,7 @@ pub(crate) async fn publish_status(
         delivery = delivery.as_str(),
         "status event accepted"
     );
-    Ok(Outcome::Delivered(delivery))
+    Ok(WebhookOutcome::Delivered(delivery))
 }
 
 #[cfg(test)]

@@ -24,16 +24,21 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::{
-    rest::{
-        Created, MessageSender, NewConversationMessage, NewMessage, RestError, TwilioRest,
-        ERROR_OPTED_OUT,
-    },
-    TwilioConnector, CONNECTOR,
-};
+use futures_util::future::BoxFuture;
+
+use super::split;
 use crate::{
-    configuration::is_e164,
-    egress::sink::{Accepted, EgressSink, Outbound, Outcome, SendFailure},
+    connectors::twilio::{
+        address::Address,
+        rest::{
+            Created, MessageSender, NewConversationMessage, NewMessage, RestError, TwilioRest,
+            ERROR_OPTED_OUT,
+        },
+        shared::{Twilio, CONNECTOR},
+    },
+    egress::sink::{
+        Accepted, EgressSink, InvalidTarget, Outbound, SendFailure, SinkPolicy, TextInfo,
+    },
 };
 
 /// Twilio's body limit for Messaging (and what SMS participants of a conversation receive).
@@ -45,7 +50,7 @@ const MAX_MEDIA_URLS: usize = 10;
 const AMBIGUOUS_MEMORY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
 
 pub struct TwilioSink {
-    connector: TwilioConnector,
+    twilio: Twilio,
     rest: TwilioRest,
     /// Idempotency token → start of the first Messages attempt of that part whose outcome is
     /// unknown (5xx, timeout, network failure after connecting).
@@ -53,10 +58,10 @@ pub struct TwilioSink {
 }
 
 impl TwilioSink {
-    pub fn new(connector: TwilioConnector) -> Self {
-        let rest = connector.rest().clone();
+    pub fn new(twilio: Twilio) -> Self {
+        let rest = twilio.rest().clone();
         Self {
-            connector,
+            twilio,
             rest,
             ambiguous: Mutex::new(HashMap::new()),
         }
@@ -114,10 +119,10 @@ impl TwilioSink {
     /// Who a Messaging API send to `target` comes from.
     pub fn sender(
         &self,
-        target: &str,
+        target: &Address,
         egress_metadata: &Map<String, Value>,
     ) -> Option<MessageSender> {
-        let settings = self.connector.settings();
+        let settings = self.twilio.settings();
         let twilio = egress_metadata.get("twilio");
         let meta = |name: &str| {
             twilio
@@ -127,16 +132,9 @@ impl TwilioSink {
                 .filter(|v| !v.is_empty())
                 .map(str::to_owned)
         };
-        let whatsapp = target.starts_with("whatsapp:");
         let from = meta("from")
             .or_else(|| settings.phone_number.clone())
-            .map(|from| {
-                if whatsapp && !from.starts_with("whatsapp:") && from.starts_with('+') {
-                    format!("whatsapp:{from}")
-                } else {
-                    from
-                }
-            });
+            .map(|from| target.sender_on_same_channel(&from));
         from.map(MessageSender::From).or_else(|| {
             meta("messagingServiceSid")
                 .or_else(|| settings.messaging_service_sid.clone())
@@ -145,7 +143,7 @@ impl TwilioSink {
     }
 
     fn status_callback(&self, part: &Outbound<'_>) -> Option<Url> {
-        let mut url = self.connector.settings().status_callback_url.clone()?;
+        let mut url = self.twilio.settings().status_callback_url.clone()?;
         url.query_pairs_mut()
             .append_pair("correlationId", &part.correlation_id.to_string());
         if part.part_count > 1 {
@@ -156,9 +154,17 @@ impl TwilioSink {
     }
 
     async fn send_part(&self, part: Outbound<'_>) -> Result<Accepted, SendFailure> {
-        let timer = self.connector.metrics().twilio_send_duration.start_timer();
-        let result = if is_conversation_sid(part.target) {
-            let settings = self.connector.settings();
+        let target = Address::parse(part.target).map_err(|error| SendFailure {
+            retryable: false,
+            opted_out: false,
+            retry_after: None,
+            http_status: None,
+            error_code: None,
+            reason: "invalid_target",
+            message: error.to_string(),
+        })?;
+        let result = if let Address::Conversation(conversation_sid) = &target {
+            let settings = self.twilio.settings();
             let media_sid = part
                 .media
                 .iter()
@@ -178,7 +184,7 @@ impl TwilioSink {
             };
             self.rest
                 .create_conversation_message(&NewConversationMessage {
-                    conversation_sid: part.target,
+                    conversation_sid,
                     author: settings.identity.as_deref(),
                     body: body.as_deref(),
                     media_sid,
@@ -186,8 +192,7 @@ impl TwilioSink {
                 })
                 .await
         } else {
-            let Some(sender) = self.sender(part.target, part.egress_metadata) else {
-                timer.stop_and_discard();
+            let Some(sender) = self.sender(&target, part.egress_metadata) else {
                 return Err(SendFailure {
                     retryable: false,
                     opted_out: false,
@@ -210,17 +215,15 @@ impl TwilioSink {
             })
             .await
         };
-        timer.observe_duration();
         match result {
             Ok(created) => {
-                self.connector.record_outbound();
+                self.twilio.record_outbound();
                 Ok(Accepted {
                     provider_sid: Some(created.sid).filter(|s| !s.is_empty()),
-                    provider_segments: created.num_segments,
                 })
             }
             Err(error) => {
-                self.connector
+                self.twilio
                     .record_error(format!("REST send failed: {error}"));
                 Err(failure(error))
             }
@@ -244,79 +247,58 @@ fn failure(error: RestError) -> SendFailure {
     }
 }
 
-/// `CH` followed by 32 hexadecimal characters.
-pub fn is_conversation_sid(target: &str) -> bool {
-    target.len() == 34
-        && target.starts_with("CH")
-        && target[2..].chars().all(|c| c.is_ascii_hexdigit())
-}
-
 impl EgressSink for TwilioSink {
     fn connector(&self) -> &'static str {
         CONNECTOR
     }
 
-    fn check_target(&self, target: &str) -> Result<(), String> {
-        let phone = target.strip_prefix("whatsapp:").unwrap_or(target);
-        if is_conversation_sid(target) || is_e164(phone) {
-            Ok(())
-        } else {
-            Err(
-                "target is neither a Conversation SID (CH…), an E.164 number (+…) nor whatsapp:+…"
-                    .to_owned(),
-            )
+    fn policy(&self) -> SinkPolicy {
+        let settings = self.twilio.settings();
+        SinkPolicy {
+            max_attempts: settings.max_send_attempts,
+            max_send_rate: settings.max_send_rate,
+            ..SinkPolicy::default()
         }
     }
 
-    fn max_text_units(&self, _target: &str) -> usize {
-        MAX_BODY_CHARS
+    fn check_target(&self, target: &str) -> Result<(), InvalidTarget> {
+        Address::parse(target)
+            .map(|_| ())
+            .map_err(|error| InvalidTarget(error.to_string()))
+    }
+
+    fn split_text(&self, _target: &str, text: &str) -> Vec<String> {
+        split::split(text, MAX_BODY_CHARS)
+    }
+
+    fn describe_text(&self, text: &str) -> TextInfo {
+        split::analyze(text)
     }
 
     fn max_media_per_part(&self, target: &str) -> usize {
-        if is_conversation_sid(target) {
-            1
-        } else {
-            MAX_MEDIA_URLS
+        match Address::parse(target) {
+            Ok(Address::Conversation(_)) => 1,
+            _ => MAX_MEDIA_URLS,
         }
     }
 
     fn sender_key(&self, target: &str, egress_metadata: &Map<String, Value>) -> String {
-        if is_conversation_sid(target) {
-            let identity = self.connector.settings().identity.as_deref().unwrap_or("-");
-            return format!("conversations:{identity}");
+        match Address::parse(target) {
+            Ok(Address::Conversation(_)) => {
+                let identity = self.twilio.settings().identity.as_deref().unwrap_or("-");
+                format!("conversations:{identity}")
+            }
+            Ok(address) => match self.sender(&address, egress_metadata) {
+                Some(MessageSender::From(from)) => format!("from:{from}"),
+                Some(MessageSender::MessagingService(sid)) => format!("service:{sid}"),
+                None => "none".to_owned(),
+            },
+            Err(_) => "none".to_owned(),
         }
-        match self.sender(target, egress_metadata) {
-            Some(MessageSender::From(from)) => format!("from:{from}"),
-            Some(MessageSender::MessagingService(sid)) => format!("service:{sid}"),
-            None => "none".to_owned(),
-        }
     }
 
-    fn send<'a>(
-        &'a self,
-        part: Outbound<'a>,
-    ) -> impl std::future::Future<Output = Result<Accepted, SendFailure>> + Send + 'a {
-        self.send_part(part)
-    }
-
-    fn observe(&self, outcome: Outcome, error_code: Option<u32>) {
-        let code = error_code.map(|c| c.to_string()).unwrap_or_default();
-        self.connector
-            .metrics()
-            .twilio_sends
-            .with_label_values(&[outcome.as_str(), code.as_str()])
-            .inc();
-    }
-}
-
-/// The egress engine's settings for Twilio (`TWILIO_MAX_SEND_ATTEMPTS`, `TWILIO_MAX_SEND_RATE`).
-pub fn engine_config(
-    settings: &crate::configuration::TwilioSettings,
-) -> crate::egress::EngineConfig {
-    crate::egress::EngineConfig {
-        max_attempts: settings.max_send_attempts,
-        max_send_rate: settings.max_send_rate,
-        ..crate::egress::EngineConfig::default()
+    fn send<'a>(&'a self, part: Outbound<'a>) -> BoxFuture<'a, Result<Accepted, SendFailure>> {
+        Box::pin(self.send_part(part))
     }
 }
 
@@ -329,22 +311,20 @@ mod tests {
     use super::*;
     use crate::{
         bus::{memory::MemoryBus, Bus},
-        configuration::Settings,
+        configuration::{AppEnv, Environment},
+        connectors::twilio::config::TwilioSettings,
         metrics::Metrics,
         outbox::Outbox,
         publisher::EventPublisher,
     };
 
     fn make_sink(vars: &[(&str, &str)]) -> (TwilioSink, tempfile::TempDir) {
-        let settings = Settings::from_vars(
+        let environment = Environment::from_pairs(
             vars.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .chain([(
-                    "TWILIO_ACCOUNT_SID".to_owned(),
-                    "AC00000000000000000000000000000001".to_owned(),
-                )]),
-        )
-        .unwrap();
+                .copied()
+                .chain([("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000001")]),
+        );
+        let settings = TwilioSettings::from_environment(&environment, AppEnv::Development).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let publisher = EventPublisher::new(
             Bus::Memory(MemoryBus::new(String::new())),
@@ -353,12 +333,16 @@ mod tests {
             Duration::from_secs(1),
             Metrics::new(),
         );
-        let connector = TwilioConnector::new(&settings, publisher, Metrics::new());
-        (TwilioSink::new(connector), dir)
+        let twilio = Twilio::new(settings, publisher, Metrics::new());
+        (TwilioSink::new(twilio), dir)
     }
 
     fn metadata(value: serde_json::Value) -> Map<String, Value> {
         value.as_object().unwrap().clone()
+    }
+
+    fn address(text: &str) -> Address {
+        Address::parse(text).unwrap()
     }
 
     #[test]
@@ -390,27 +374,27 @@ mod tests {
         ]);
         let from_event = metadata(json!({"twilio": {"from": "+15005550009"}}));
         assert_eq!(
-            sink.sender("+14155550100", &from_event),
+            sink.sender(&address("+14155550100"), &from_event),
             Some(MessageSender::From("+15005550009".into()))
         );
         assert_eq!(
-            sink.sender("+14155550100", &Map::new()),
+            sink.sender(&address("+14155550100"), &Map::new()),
             Some(MessageSender::From("+15005550006".into()))
         );
         assert_eq!(
-            sink.sender("whatsapp:+14155550100", &Map::new()),
+            sink.sender(&address("whatsapp:+14155550100"), &Map::new()),
             Some(MessageSender::From("whatsapp:+15005550006".into()))
         );
 
         let (service_only, _dir) = sink_with_service();
         assert_eq!(
-            service_only.sender("+14155550100", &Map::new()),
+            service_only.sender(&address("+14155550100"), &Map::new()),
             Some(MessageSender::MessagingService(
                 "MG00000000000000000000000000000001".into()
             ))
         );
         let (nothing, _dir) = make_sink(&[]);
-        assert_eq!(nothing.sender("+14155550100", &Map::new()), None);
+        assert_eq!(nothing.sender(&address("+14155550100"), &Map::new()), None);
         assert_eq!(nothing.sender_key("+14155550100", &Map::new()), "none");
     }
 

@@ -8,9 +8,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use secrecy::ExposeSecret;
 
-use crate::{
-    bus::amqp::Tap, configuration::Settings, connectors::twilio::signature::compute_signature,
-};
+use super::{config::TwilioSettings, ingress::signature::compute_signature};
+use crate::{bus::amqp::tap::Tap, configuration::Settings};
 
 #[derive(Args)]
 pub struct SimulateArgs {
@@ -52,6 +51,7 @@ pub async fn run(settings: &Settings, args: SimulateArgs) -> anyhow::Result<()> 
         url,
         message_sid,
     } = args.kind;
+    let twilio = TwilioSettings::from_environment(&settings.environment, settings.app_env)?;
     let service = url
         .unwrap_or_else(|| format!("http://127.0.0.1:{}", settings.port))
         .trim_end_matches('/')
@@ -64,10 +64,9 @@ pub async fn run(settings: &Settings, args: SimulateArgs) -> anyhow::Result<()> 
     };
     let message_sid = message_sid.unwrap_or_else(|| format!("SM{}", uuid::Uuid::new_v4().simple()));
     let to = to
-        .or_else(|| settings.twilio.phone_number.clone())
+        .or_else(|| twilio.phone_number.clone())
         .unwrap_or_else(|| "+15005550006".to_owned());
-    let account_sid = settings
-        .twilio
+    let account_sid = twilio
         .account_sid
         .clone()
         .unwrap_or_else(|| "AC00000000000000000000000000000000".to_owned());
@@ -88,14 +87,10 @@ pub async fn run(settings: &Settings, args: SimulateArgs) -> anyhow::Result<()> 
         params.push((format!("MediaUrl{i}"), media.clone()));
         params.push((format!("MediaContentType{i}"), "image/jpeg".into()));
     }
-    if let Some(service_sid) = &settings.twilio.messaging_service_sid {
+    if let Some(service_sid) = &twilio.messaging_service_sid {
         params.push(("MessagingServiceSid".into(), service_sid.clone()));
     }
-    let signature = compute_signature(
-        settings.twilio.auth_token.expose_secret(),
-        &signed_url,
-        &params,
-    );
+    let signature = compute_signature(twilio.auth_token.expose_secret(), &signed_url, &params);
     let form = serde_urlencoded::to_string(&params).context("encoding the form")?;
 
     // With RabbitMQ, listen before posting so the published envelope can be shown.

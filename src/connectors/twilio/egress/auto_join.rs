@@ -18,7 +18,9 @@ use std::{
 
 use moka::sync::Cache;
 
-use super::rest::{ParticipantAdded, TwilioRest};
+use crate::connectors::twilio::rest::{ParticipantAdded, TwilioRest};
+use prometheus::IntCounterVec;
+
 use crate::{backoff::Backoff, metrics::Metrics};
 
 /// How the join requests are retried.
@@ -59,7 +61,8 @@ struct Inner {
     pending: Mutex<HashSet<String>>,
     /// Where pending joins are kept across restarts (one empty file per conversation).
     state_dir: Option<PathBuf>,
-    metrics: Metrics,
+    /// `conversation_joins_total{outcome}`: joined, already_participant, retried, gave_up.
+    joins: IntCounterVec,
 }
 
 impl AutoJoiner {
@@ -82,7 +85,11 @@ impl AutoJoiner {
                 joined: Cache::builder().max_capacity(500_000).build(),
                 pending: Mutex::new(HashSet::new()),
                 state_dir: None,
-                metrics,
+                joins: metrics.register_counter_vec(
+                    "conversation_joins_total",
+                    "Attempts to add the bot to a Twilio conversation, by outcome",
+                    &["outcome"],
+                ),
             }),
         }
     }
@@ -185,11 +192,7 @@ impl AutoJoiner {
     }
 
     fn count(&self, outcome: &str) {
-        self.inner
-            .metrics
-            .conversation_joins
-            .with_label_values(&[outcome])
-            .inc();
+        self.inner.joins.with_label_values(&[outcome]).inc();
     }
 
     async fn join_with_retries(&self, conversation_sid: &str, identity: &str) {
@@ -260,17 +263,22 @@ fn is_safe_file_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::configuration::Settings;
+    use crate::{
+        configuration::{AppEnv, Environment},
+        connectors::twilio::config::TwilioSettings,
+    };
 
     fn joiner(identity: Option<&str>) -> AutoJoiner {
         let mut vars = vec![("TWILIO_CONVERSATIONS_BASE_URL", "http://127.0.0.1:9")];
         if let Some(identity) = identity {
             vars.push(("TWILIO_IDENTITY", identity));
         }
-        let settings = Settings::from_vars(vars).unwrap();
+        let settings =
+            TwilioSettings::from_environment(&Environment::from_pairs(vars), AppEnv::Development)
+                .unwrap();
         AutoJoiner::new(
-            settings.twilio.identity.clone(),
-            TwilioRest::new(&settings.twilio),
+            settings.identity.clone(),
+            TwilioRest::new(&settings),
             Metrics::new(),
         )
     }

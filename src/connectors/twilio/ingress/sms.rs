@@ -5,8 +5,9 @@ use serde::Serialize;
 use serde_json::Map;
 use utoipa::ToSchema;
 
-use super::{inbound::InboundChat, webhook::FormParams};
+use super::{envelope::InboundChat, webhook::FormParams};
 use crate::{
+    connectors::twilio::address::messaging_channel_type,
     envelope::{InternalEventV2, Media},
     error::ApiError,
 };
@@ -52,17 +53,6 @@ pub struct InboundSmsForm {
     pub api_version: Option<String>,
 }
 
-/// Reply-side channel types, as `identity.external.metadata.channelType`.
-pub fn channel_type_for_address(address: &str, has_media: bool) -> &'static str {
-    if address.starts_with("whatsapp:") {
-        "whatsapp"
-    } else if has_media {
-        "mms"
-    } else {
-        "sms"
-    }
-}
-
 /// Builds the envelope for an inbound message webhook.
 pub fn inbound_message_envelope(
     params: &FormParams,
@@ -76,7 +66,7 @@ pub fn inbound_message_envelope(
     let from = params.require("From")?;
     let to = params.require("To")?;
     let media = media_from_params(params)?;
-    let channel_type = channel_type_for_address(from, !media.is_empty());
+    let channel_type = messaging_channel_type(from, !media.is_empty());
 
     let mut identity_metadata = Map::new();
     identity_metadata.insert("channelType".into(), channel_type.into());
@@ -115,11 +105,6 @@ pub fn inbound_message_envelope(
         provenance,
     }
     .into_envelope(received_at))
-}
-
-/// The bus `message_id` of a Twilio message: stable across webhook retries.
-pub fn message_id(message_sid: &str) -> String {
-    format!("twilio:{message_sid}")
 }
 
 fn media_from_params(params: &FormParams) -> Result<Vec<Media>, ApiError> {

@@ -10,8 +10,9 @@
 //! holds 160 GSM-7 septets or 70 UCS-2 units; concatenated segments hold 153 or 67 (the rest
 //! is the user-data header), and an escape pair or surrogate pair never straddles two segments.
 
-use serde::Serialize;
 use unicode_segmentation::UnicodeSegmentation;
+
+use crate::egress::sink::TextInfo;
 
 /// GSM 03.38 basic character set (one septet each; ESC excluded).
 const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?\
@@ -20,23 +21,19 @@ const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆ�
 const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{000C}";
 
 /// How Twilio will encode a body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
-    #[serde(rename = "GSM-7")]
     Gsm7,
-    #[serde(rename = "UCS-2")]
     Ucs2,
 }
 
-/// Size facts about one part.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TextInfo {
-    /// Unicode scalar values.
-    pub characters: usize,
-    pub encoding: Encoding,
-    /// SMS segments (0 for an empty body).
-    pub segments: u32,
+impl Encoding {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encoding::Gsm7 => "GSM-7",
+            Encoding::Ucs2 => "UCS-2",
+        }
+    }
 }
 
 fn gsm7_cost(c: char) -> Option<u32> {
@@ -82,7 +79,7 @@ pub fn analyze(text: &str) -> TextInfo {
     };
     TextInfo {
         characters,
-        encoding,
+        encoding: Some(encoding.as_str()),
         segments,
     }
 }
@@ -260,12 +257,12 @@ mod tests {
             analyze(""),
             TextInfo {
                 characters: 0,
-                encoding: Encoding::Gsm7,
+                encoding: Some("GSM-7"),
                 segments: 0
             }
         );
         let info = analyze(&"a".repeat(160));
-        assert_eq!((info.encoding, info.segments), (Encoding::Gsm7, 1));
+        assert_eq!((info.encoding, info.segments), (Some("GSM-7"), 1));
         assert_eq!(analyze(&"a".repeat(161)).segments, 2);
         assert_eq!(analyze(&"a".repeat(306)).segments, 2);
         assert_eq!(analyze(&"a".repeat(307)).segments, 3);
@@ -280,9 +277,9 @@ mod tests {
         );
         // Any non-GSM character switches the whole body to UCS-2.
         let info = analyze(&format!("{}é", "a".repeat(69)));
-        assert_eq!((info.encoding, info.segments), (Encoding::Gsm7, 1));
+        assert_eq!((info.encoding, info.segments), (Some("GSM-7"), 1));
         let info = analyze(&format!("{}ç", "a".repeat(69)));
-        assert_eq!((info.encoding, info.segments), (Encoding::Ucs2, 1));
+        assert_eq!((info.encoding, info.segments), (Some("UCS-2"), 1));
         assert_eq!(analyze(&"ж".repeat(71)).segments, 2);
         assert_eq!(analyze(&"ж".repeat(134)).segments, 2);
         assert_eq!(analyze(&"ж".repeat(135)).segments, 3);

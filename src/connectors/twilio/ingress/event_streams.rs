@@ -4,7 +4,7 @@
 //! - `com.twilio.messaging.inbound-message.received` → the same envelope as the SMS webhook
 //!   (built by [`super::sms::inbound_message_envelope`]).
 //! - `com.twilio.conversations.message.added` → the same envelope as `onMessageAdded` (built
-//!   by [`super::conversations::message_added_envelope`]); the bot's own messages are skipped.
+//!   by [`super::conversation_message::message_added_envelope`]); the bot's own messages are skipped.
 //! - any other type: acknowledged, counted in `ignored_events_total`, not published.
 //!
 //! Each event's `data` is turned into the form parameters Twilio's webhooks carry, so both
@@ -17,11 +17,11 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use super::{
+    context::IngressContext,
     conversations,
-    routes::{publish_envelope, Outcome},
+    publish::{publish_envelope, WebhookOutcome},
     sms,
     webhook::FormParams,
-    TwilioConnector,
 };
 use crate::{error::ApiError, publisher::Delivery};
 
@@ -70,9 +70,9 @@ pub struct TwilioCloudEvent {
 
 /// Handles one verified Event Streams delivery.
 pub(crate) async fn handle_batch(
-    twilio: &TwilioConnector,
+    twilio: &IngressContext,
     body: &[u8],
-) -> Result<Outcome, ApiError> {
+) -> Result<WebhookOutcome, ApiError> {
     let events = parse_batch(body)?;
     let received_at = Utc::now();
     let mut outcomes = Vec::with_capacity(events.len());
@@ -113,10 +113,10 @@ pub fn parse_batch(body: &[u8]) -> Result<Vec<Map<String, Value>>, ApiError> {
 }
 
 async fn handle_one(
-    twilio: &TwilioConnector,
+    twilio: &IngressContext,
     event: &Map<String, Value>,
     received_at: DateTime<Utc>,
-) -> Result<Outcome, ApiError> {
+) -> Result<WebhookOutcome, ApiError> {
     let event_type = event.get("type").and_then(Value::as_str).unwrap_or("");
     let data = event.get("data").and_then(Value::as_object);
     let result = match (event_type, data) {
@@ -140,7 +140,7 @@ async fn handle_one(
         (other, _) => {
             conversations::count_ignored(twilio, if other.is_empty() { "(none)" } else { other });
             tracing::debug!(event_type = other, "event streams event ignored");
-            return Ok(Outcome::Ignored);
+            return Ok(WebhookOutcome::Ignored);
         }
     };
     match result {
@@ -155,7 +155,7 @@ async fn handle_one(
                 "malformed event streams event skipped"
             );
             conversations::count_ignored(twilio, &format!("{event_type}.malformed"));
-            Ok(Outcome::Ignored)
+            Ok(WebhookOutcome::Ignored)
         }
         other => other,
     }
@@ -243,18 +243,18 @@ pub fn conversation_message_params(data: &Map<String, Value>) -> FormParams {
 }
 
 /// One outcome for the whole batch, for the response metrics.
-fn summarise(outcomes: &[Outcome]) -> Outcome {
+fn summarise(outcomes: &[WebhookOutcome]) -> WebhookOutcome {
     let has = |wanted: Delivery| {
         outcomes
             .iter()
-            .any(|o| matches!(o, Outcome::Delivered(d) if *d == wanted))
+            .any(|o| matches!(o, WebhookOutcome::Delivered(d) if *d == wanted))
     };
     for delivery in [Delivery::Published, Delivery::Outboxed, Delivery::Duplicate] {
         if has(delivery) {
-            return Outcome::Delivered(delivery);
+            return WebhookOutcome::Delivered(delivery);
         }
     }
-    Outcome::Ignored
+    WebhookOutcome::Ignored
 }
 
 #[cfg(test)]
@@ -316,7 +316,12 @@ mod tests {
         assert_eq!(params.get("Body"), Some("refund?"));
         assert_eq!(params.get("Index"), Some("7"));
         assert_eq!(params.get("Attributes"), Some(r#"{"a":1}"#));
-        let envelope = conversations::message_added_envelope(&params, Utc::now()).unwrap();
+        let envelope =
+            crate::connectors::twilio::ingress::conversation_message::message_added_envelope(
+                &params,
+                Utc::now(),
+            )
+            .unwrap();
         let json = serde_json::to_value(&envelope).unwrap();
         assert_eq!(json["ingress"]["channel"], "CH1");
         assert_eq!(json["message"]["text"], "refund?");

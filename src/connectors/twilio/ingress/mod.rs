@@ -1,19 +1,32 @@
-//! Twilio webhook routes and their OpenAPI descriptions.
+//! Twilio's ingress wing: the webhook routes and their OpenAPI descriptions. What each webhook
+//! means lives beside them:
+//! - [`webhook`] reads a request safely and checks its [`signature`];
+//! - [`sms`], [`conversations`] (with [`conversation_message`]), [`status`] and
+//!   [`event_streams`] turn a verified webhook into events;
+//! - [`envelope`] is the one place an inbound chat message becomes an `InternalEventV2`;
+//! - [`publish`] publishes them and answers Twilio; [`context`] is what every handler gets.
+//!
+//! A new Twilio webhook is a handler here, a module beside these, and a line in [`configure`].
+
+pub(crate) mod context;
+pub(crate) mod conversation_message;
+pub(crate) mod conversations;
+pub(crate) mod envelope;
+pub(crate) mod event_streams;
+pub(crate) mod publish;
+pub mod signature;
+pub(crate) mod sms;
+pub(crate) mod status;
+pub mod webhook;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use utoipa::OpenApi;
 
-use super::{conversations, event_streams, sms, status, TwilioConnector, INGRESS_SOURCE};
-use crate::{
-    bus::BusMessage,
-    envelope::{topics, InternalEventV2},
-    error::{ApiError, ErrorBody},
-    publisher::Delivery,
-};
+pub(crate) use context::IngressContext;
+use publish::{handle, publish_envelope};
 
-/// The empty TwiML document: acknowledge, send no reply from Twilio itself.
-pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+use crate::error::{ApiError, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,7 +35,7 @@ pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Respon
         sms::InboundSmsForm,
         conversations::ConversationsEventForm,
         status::StatusCallbackForm,
-        status::StatusEvent,
+        status::MessageStatusEvent,
         event_streams::TwilioCloudEvent,
         ErrorBody
     )),
@@ -30,9 +43,9 @@ pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Respon
 )]
 pub struct TwilioApi;
 
-pub fn configure(connector: TwilioConnector, config: &mut web::ServiceConfig) {
+pub fn configure(context: IngressContext, config: &mut web::ServiceConfig) {
     config
-        .app_data(web::Data::new(connector))
+        .app_data(web::Data::new(context))
         .route("/webhooks/twilio/sms", web::post().to(sms_webhook))
         .route(
             "/webhooks/twilio/conversations",
@@ -74,7 +87,7 @@ pub fn configure(connector: TwilioConnector, config: &mut web::ServiceConfig) {
 pub async fn conversations_webhook(
     req: HttpRequest,
     payload: web::Payload,
-    twilio: web::Data<TwilioConnector>,
+    twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
     handle(&twilio, "conversations", async {
         let params = twilio.verifier().form(&req, payload).await?;
@@ -112,7 +125,7 @@ pub async fn conversations_webhook(
 pub async fn status_webhook(
     req: HttpRequest,
     payload: web::Payload,
-    twilio: web::Data<TwilioConnector>,
+    twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
     handle(&twilio, "status", async {
         let params = twilio.verifier().form(&req, payload).await?;
@@ -177,7 +190,7 @@ pub async fn status_webhook(
 pub async fn event_streams_webhook(
     req: HttpRequest,
     payload: web::Payload,
-    twilio: web::Data<TwilioConnector>,
+    twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
     handle(&twilio, "event_streams", async {
         let body = twilio.verifier().json(&req, payload).await?;
@@ -210,7 +223,7 @@ pub async fn event_streams_webhook(
 pub async fn sms_webhook(
     req: HttpRequest,
     payload: web::Payload,
-    twilio: web::Data<TwilioConnector>,
+    twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
     handle(&twilio, "sms", async {
         let params = twilio.verifier().form(&req, payload).await?;
@@ -218,99 +231,4 @@ pub async fn sms_webhook(
         publish_envelope(&twilio, &envelope).await
     })
     .await
-}
-
-/// Publishes an inbound envelope on `internal.ingress.v1`, at most once per message id within
-/// the dedupe window.
-pub(crate) async fn publish_envelope(
-    twilio: &TwilioConnector,
-    envelope: &InternalEventV2,
-) -> Result<Outcome, ApiError> {
-    let message_sid = envelope
-        .message
-        .as_ref()
-        .map(|m| m.id.as_str())
-        .unwrap_or_default();
-    let message = BusMessage::json(
-        topics::INGRESS,
-        sms::message_id(message_sid),
-        envelope.correlation_id.to_string(),
-        &envelope.event_type,
-        INGRESS_SOURCE,
-        envelope,
-    )
-    .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
-    let delivery = publish_once(twilio, message).await?;
-    tracing::info!(
-        message_sid,
-        correlation_id = %envelope.correlation_id,
-        delivery = delivery.as_str(),
-        "inbound message accepted"
-    );
-    Ok(Outcome::Delivered(delivery))
-}
-
-/// Publishes a webhook's event at most once per `message_id` within the dedupe window; when
-/// neither the broker nor the outbox takes it, answers 503 so Twilio retries.
-pub(crate) async fn publish_once(
-    twilio: &TwilioConnector,
-    message: BusMessage,
-) -> Result<Delivery, ApiError> {
-    twilio
-        .publisher()
-        .publish_once(message)
-        .await
-        .map_err(|error| {
-            tracing::error!(%error, "webhook event not accepted");
-            twilio.record_error(error.to_string());
-            ApiError::Unavailable("event could not be stored; retry later".to_owned())
-        })
-}
-
-/// How a webhook ended, for the response and the metrics.
-pub(crate) enum Outcome {
-    Delivered(Delivery),
-    /// Valid but nothing to publish (e.g. an event type we do not use).
-    Ignored,
-}
-
-/// Runs a webhook handler: measures it, counts its outcome and answers with empty TwiML.
-pub(crate) async fn handle(
-    twilio: &TwilioConnector,
-    route: &'static str,
-    work: impl std::future::Future<Output = Result<Outcome, ApiError>>,
-) -> Result<HttpResponse, ApiError> {
-    let metrics = twilio.metrics();
-    let timer = metrics
-        .webhook_duration
-        .with_label_values(&[route])
-        .start_timer();
-    let result = work.await;
-    timer.observe_duration();
-    let outcome = match &result {
-        Ok(Outcome::Delivered(delivery)) => delivery.as_str(),
-        Ok(Outcome::Ignored) => "ignored",
-        Err(ApiError::PayloadTooLarge { .. }) => "too_large",
-        Err(error) => error.code(),
-    };
-    metrics
-        .webhook_requests
-        .with_label_values(&[route, outcome])
-        .inc();
-    match result {
-        Ok(_) => {
-            twilio.record_inbound();
-            Ok(HttpResponse::Ok()
-                .content_type("text/xml; charset=utf-8")
-                .body(EMPTY_TWIML))
-        }
-        Err(error) => {
-            if matches!(error, ApiError::BadSignature(_)) {
-                tracing::warn!(route, reason = %error, "webhook rejected: bad signature");
-            } else {
-                tracing::info!(route, reason = %error, "webhook rejected");
-            }
-            Err(error)
-        }
-    }
 }

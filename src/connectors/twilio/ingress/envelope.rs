@@ -4,11 +4,16 @@
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
-use super::{sms::message_id, CONNECTOR, INGRESS_SOURCE, PLATFORM};
+use crate::connectors::twilio::shared::{CONNECTOR, INGRESS_SOURCE, PLATFORM};
 use crate::envelope::{
     stable_correlation_id, topics, Egress, ExternalIdentity, Identity, Ingress, InternalEventV2,
     Media, Message, Routing, CHAT_MESSAGE_V1, ENVELOPE_VERSION,
 };
+
+/// The bus `message_id` of a Twilio message: stable across webhook retries.
+pub fn message_id(message_sid: &str) -> String {
+    format!("twilio:{message_sid}")
+}
 
 /// The parts of an inbound message that differ between webhooks.
 pub struct InboundChat<'a> {

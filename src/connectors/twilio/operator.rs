@@ -10,21 +10,45 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
-use utoipa::ToSchema;
+use utoipa::{OpenApi, ToSchema};
 use uuid::Uuid;
 
+use super::{
+    address::{channel_type_of, Address},
+    shared::{CONNECTOR, PLATFORM},
+};
 use crate::{
+    auth::BearerAuth,
     bus::BusMessage,
-    configuration::is_e164,
     envelope::{
         stable_correlation_id, topics, Candidate, CandidateStatus, Egress, ExternalIdentity,
         Identity, Ingress, InternalEventV2, Media, Message, Routing, CHAT_MESSAGE_V1,
         ENVELOPE_VERSION,
     },
     error::{ApiError, ErrorBody},
-    routes::debug::authorize,
-    startup::AppState,
+    publisher::EventPublisher,
 };
+
+/// What the operator route needs: its guard and the publisher.
+#[derive(Clone)]
+pub struct OperatorContext {
+    pub auth: BearerAuth,
+    pub publisher: EventPublisher,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(send_message),
+    components(schemas(SendMessageRequest, SendMessageAccepted)),
+    tags((name = "operator", description = "Operator actions (bearer DEBUG_TOKEN or OPERATOR_TOKEN)"))
+)]
+pub struct OperatorApi;
+
+pub fn configure(context: OperatorContext, config: &mut web::ServiceConfig) {
+    config
+        .app_data(web::Data::new(context))
+        .route("/v1/messages", web::post().to(send_message));
+}
 
 /// `ingress.source` and CloudEvents `source` of operator-sent events.
 pub const OPERATOR_SOURCE: &str = "operator.ingress-egress";
@@ -119,16 +143,10 @@ pub struct SendMessageAccepted {
 )]
 pub async fn send_message(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    state: web::Data<OperatorContext>,
     body: web::Json<SendMessageRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    let tokens: Vec<&secrecy::SecretString> = state
-        .settings
-        .debug_token
-        .iter()
-        .chain(state.settings.operator_token.iter())
-        .collect();
-    authorize(&req, &state, &tokens)?;
+    state.auth.check(&req)?;
 
     let idempotency_key = idempotency_key(&req)?;
     let request = body.into_inner();
@@ -168,7 +186,7 @@ pub async fn send_message(
     tracing::info!(
         %correlation_id,
         message_id,
-        target = target.as_str(),
+        channel = channel_type_of(&request.to, false),
         media = request.media_urls.len(),
         delivery = delivery.as_str(),
         "operator send accepted"
@@ -178,37 +196,6 @@ pub async fn send_message(
         message_id,
         delivery: delivery.as_str().to_owned(),
     }))
-}
-
-/// What kind of address `to` is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    Sms,
-    WhatsApp,
-    Conversation,
-}
-
-impl Target {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Sms => "sms",
-            Target::WhatsApp => "whatsapp",
-            Target::Conversation => "chat",
-        }
-    }
-
-    /// Classifies a recipient address, or `None` when it is none of the accepted forms.
-    pub fn of(address: &str) -> Option<Self> {
-        if is_e164(address) {
-            Some(Target::Sms)
-        } else if address.strip_prefix("whatsapp:").is_some_and(is_e164) {
-            Some(Target::WhatsApp)
-        } else if is_sid(address, "CH") {
-            Some(Target::Conversation)
-        } else {
-            None
-        }
-    }
 }
 
 fn is_sid(value: &str, prefix: &str) -> bool {
@@ -234,10 +221,10 @@ fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 }
 
 /// Checks the request; error messages never echo the address or the text.
-pub fn validate(request: &SendMessageRequest) -> Result<Target, ApiError> {
+pub fn validate(request: &SendMessageRequest) -> Result<Address, ApiError> {
     let bad = |message: &str| ApiError::BadRequest(message.to_owned());
-    let target = Target::of(request.to.trim())
-        .ok_or_else(|| bad("to: expected +E.164, whatsapp:+E.164 or a Conversation SID (CH…)"))?;
+    let target = Address::parse(request.to.trim())
+        .map_err(|_| bad("to: expected +E.164, whatsapp:+E.164 or a Conversation SID (CH…)"))?;
     if request.text.trim().is_empty() && request.media_urls.is_empty() {
         return Err(bad("text: must not be empty unless mediaUrls is given"));
     }
@@ -259,14 +246,13 @@ pub fn validate(request: &SendMessageRequest) -> Result<Target, ApiError> {
         }
     }
     if let Some(from) = request.from.as_deref().map(str::trim) {
-        if target == Target::Conversation {
+        if !target.is_messaging() {
             return Err(bad(
                 "from: not used for Conversations (the bot posts as TWILIO_IDENTITY)",
             ));
         }
-        let valid = is_e164(from)
-            || from.strip_prefix("whatsapp:").is_some_and(is_e164)
-            || is_sid(from, "MG");
+        let valid =
+            Address::parse(from).is_ok_and(|sender| sender.is_phone_number()) || is_sid(from, "MG");
         if !valid {
             return Err(bad(
                 "from: expected +E.164, whatsapp:+E.164 or a Messaging Service SID (MG…)",
@@ -279,7 +265,7 @@ pub fn validate(request: &SendMessageRequest) -> Result<Target, ApiError> {
 /// The egress envelope for a validated request.
 pub fn egress_event(
     request: &SendMessageRequest,
-    target: Target,
+    target: Address,
     message_id: &str,
     correlation_id: Uuid,
     now: chrono::DateTime<Utc>,
@@ -301,8 +287,8 @@ pub fn egress_event(
     }
 
     let mut identity_metadata = Map::new();
-    identity_metadata.insert("channelType".into(), target.as_str().into());
-    if target == Target::Conversation {
+    identity_metadata.insert("channelType".into(), channel_type_of(&to, false).into());
+    if !target.is_messaging() {
         identity_metadata.insert("conversationSid".into(), to.clone().into());
     }
 
@@ -335,7 +321,7 @@ pub fn egress_event(
         identity: Identity {
             external: ExternalIdentity {
                 id: to.clone(),
-                platform: "twilio".to_owned(),
+                platform: PLATFORM.to_owned(),
                 display_name: None,
                 metadata: identity_metadata,
             },
@@ -343,7 +329,7 @@ pub fn egress_event(
         },
         egress: Egress {
             destination: topics::EGRESS.to_owned(),
-            connector: "twilio".to_owned(),
+            connector: CONNECTOR.to_owned(),
             kind: "chat".to_owned(),
             channel: Some(to),
             metadata: egress_metadata,
@@ -395,12 +381,9 @@ mod tests {
 
     #[test]
     fn recipients_are_classified() {
-        assert_eq!(Target::of("+15005550006"), Some(Target::Sms));
-        assert_eq!(Target::of("whatsapp:+15005550006"), Some(Target::WhatsApp));
-        assert_eq!(
-            Target::of("CH0123456789abcdef0123456789abcdef"),
-            Some(Target::Conversation)
-        );
+        assert!(validate(&request("+15005550006", "hi")).is_ok());
+        assert!(validate(&request("whatsapp:+15005550006", "hi")).is_ok());
+        assert!(validate(&request("CH0123456789abcdef0123456789abcdef", "hi")).is_ok());
         for bad in [
             "15005550006",
             "whatsapp:15005550006",
@@ -408,7 +391,7 @@ mod tests {
             "",
             "+1 500 555",
         ] {
-            assert_eq!(Target::of(bad), None, "{bad:?}");
+            assert!(validate(&request(bad, "hi")).is_err(), "{bad:?}");
         }
     }
 
@@ -419,7 +402,10 @@ mod tests {
         assert!(validate(&request("+15005550006", "  ")).is_err());
         let mut with_media = request("+15005550006", "");
         with_media.media_urls = vec!["https://example.com/a.png".into()];
-        assert_eq!(validate(&with_media).unwrap(), Target::Sms);
+        assert_eq!(
+            validate(&with_media).unwrap(),
+            Address::Phone("+15005550006".into())
+        );
         with_media.media_urls = vec!["ftp://example.com/a.png".into()];
         assert!(validate(&with_media).is_err());
         let mut conversation = request("CH0123456789abcdef0123456789abcdef", "hi");
@@ -432,7 +418,8 @@ mod tests {
         let mut req = request("whatsapp:+15005550006", "Hello");
         req.from = Some("MG0123456789abcdef0123456789abcdef".into());
         let id = Uuid::new_v4();
-        let event = egress_event(&req, Target::WhatsApp, "operator:x", id, Utc::now());
+        let target = validate(&req).unwrap();
+        let event = egress_event(&req, target, "operator:x", id, Utc::now());
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["egress"]["connector"], "twilio");
         assert_eq!(json["egress"]["channel"], "whatsapp:+15005550006");

@@ -1,0 +1,27 @@
+//! The state the service's own routes (health, metrics, debug) share. Connector routes get
+//! their connector's state instead.
+
+use std::sync::Arc;
+
+use crate::{
+    auth::BearerAuth, bus::Bus, configuration::Settings, connectors::Connector, metrics::Metrics,
+    publisher::EventPublisher, readiness::ReadyFlag,
+};
+
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub bus: Bus,
+    pub publisher: EventPublisher,
+    pub metrics: Metrics,
+    pub connectors: Vec<Arc<dyn Connector>>,
+    /// Present when the egress consumer runs; `/readyz` requires it up.
+    pub egress_consuming: Option<ReadyFlag>,
+    /// Guards the debug routes (`DEBUG_TOKEN`).
+    pub debug_auth: BearerAuth,
+}
+
+impl AppState {
+    pub fn connector(&self, name: &str) -> Option<&Arc<dyn Connector>> {
+        self.connectors.iter().find(|c| c.name() == name)
+    }
+}

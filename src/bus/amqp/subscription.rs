@@ -1,0 +1,276 @@
+//! Consuming a RabbitMQ queue with manual acknowledgements, across reconnects.
+//!
+//! A background task follows the bus's connection ([`super::AmqpBus::links`]). On every new
+//! link it declares the queue and its bindings ([`super::topology::declare_queue`]), opens its
+//! own channel on the link with the prefetch set and consumes; deliveries go to the subscriber
+//! through a channel as deep as the prefetch (receiving from it is cancel-safe). When the
+//! channel or connection fails it waits for the next link. While consuming it samples the
+//! queue's depth.
+//!
+//! Stopping is two steps so nothing is lost: [`AmqpSubscription::stop`] cancels the consumer
+//! (no new deliveries) but keeps the channel, so deliveries in flight can still be acked;
+//! [`AmqpSubscription::close`] then closes the channel, which returns anything unacked to the
+//! queue.
+
+use std::{sync::Arc, time::Duration};
+
+use chrono::DateTime;
+use futures_util::{future::BoxFuture, StreamExt};
+use lapin::{
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicQosOptions, QueueDeclareOptions,
+    },
+    types::{FieldTable, ShortString},
+    Acker, Channel,
+};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{topology::declare_queue, AmqpBus, Link};
+use crate::{
+    backoff::Backoff,
+    bus::delivery::{
+        DeliveryHandle, Received, Settle, SettleError, SubscriptionProbe, SubscriptionSpec,
+    },
+};
+
+/// How often the queue's depth is sampled for the metric and the debug snapshot.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+
+pub struct AmqpSubscription {
+    deliveries: mpsc::Receiver<Received>,
+    stop: CancellationToken,
+    close: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl AmqpSubscription {
+    pub fn start(bus: AmqpBus, spec: SubscriptionSpec, probe: SubscriptionProbe) -> Self {
+        let (sender, deliveries) = mpsc::channel(usize::from(spec.prefetch.max(1)));
+        let stop = CancellationToken::new();
+        let close = CancellationToken::new();
+        let consumer = Consumer {
+            bus,
+            spec,
+            probe,
+            sender,
+            stop: stop.clone(),
+            close: close.clone(),
+        };
+        Self {
+            deliveries,
+            stop,
+            close,
+            task: tokio::spawn(consumer.run()),
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Received> {
+        self.deliveries.recv().await
+    }
+
+    pub async fn stop(&mut self) {
+        self.stop.cancel();
+        // Deliveries already buffered stay unacked and return to the queue on close.
+        self.deliveries.close();
+    }
+
+    pub async fn close(self) {
+        self.stop.cancel();
+        self.close.cancel();
+        let _ = self.task.await;
+    }
+}
+
+struct Consumer {
+    bus: AmqpBus,
+    spec: SubscriptionSpec,
+    probe: SubscriptionProbe,
+    sender: mpsc::Sender<Received>,
+    stop: CancellationToken,
+    close: CancellationToken,
+}
+
+enum Ended {
+    Stopped,
+    LinkLost,
+}
+
+impl Consumer {
+    async fn run(self) {
+        let mut links = self.bus.links();
+        let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(15));
+        loop {
+            let link = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                link = links.wait_for(Option::is_some) => match link {
+                    Ok(link) => link.clone().expect("waited for Some"),
+                    Err(_) => return, // the bus is gone
+                },
+            };
+            let channel = match self.open(&link).await {
+                Ok(channel) => channel,
+                Err(error) => {
+                    tracing::warn!(%error, queue = %self.spec.queue, "cannot consume the queue; retrying");
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            let consumer = match channel
+                .basic_consume(
+                    self.spec.queue.as_str().into(),
+                    ShortString::from(self.spec.consumer_tag.as_str()),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+            {
+                Ok(consumer) => consumer,
+                Err(error) => {
+                    tracing::warn!(%error, queue = %self.spec.queue, "cannot consume the queue; retrying");
+                    let _ = channel.close(200, "retrying".into()).await;
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            };
+            backoff.reset();
+            self.probe.consuming.set(true);
+            tracing::info!(queue = %self.spec.queue, prefetch = self.spec.prefetch, "consuming");
+            let ended = self.consume(&channel, consumer, &mut links, &link).await;
+            self.probe.consuming.set(false);
+            match ended {
+                Ended::Stopped => {
+                    self.close.cancelled().await;
+                    let _ = channel.close(200, "shutdown".into()).await;
+                    return;
+                }
+                Ended::LinkLost => {
+                    tracing::warn!(queue = %self.spec.queue, "consumer lost its channel; waiting for the broker");
+                    let _ = channel.close(200, "reconnecting".into()).await;
+                }
+            }
+        }
+    }
+
+    async fn open(&self, link: &Link) -> Result<Channel, String> {
+        declare_queue(self.bus.settings(), &self.spec)
+            .await
+            .map_err(|e| e.to_string())?;
+        let channel = link
+            .connection
+            .create_channel()
+            .await
+            .map_err(|e| e.to_string())?;
+        channel
+            .basic_qos(self.spec.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(channel)
+    }
+
+    async fn consume(
+        &self,
+        channel: &Channel,
+        mut consumer: lapin::Consumer,
+        links: &mut watch::Receiver<Option<Arc<Link>>>,
+        link: &Arc<Link>,
+    ) -> Ended {
+        let mut depth_sample = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => {
+                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    return Ended::Stopped;
+                }
+                changed = links.changed() => {
+                    let same = changed.is_ok()
+                        && links.borrow().as_ref().is_some_and(|current| Arc::ptr_eq(current, link));
+                    if !same {
+                        return Ended::LinkLost;
+                    }
+                }
+                _ = depth_sample.tick() => {
+                    // A passive declare only reads the queue's counters.
+                    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+                    match channel.queue_declare(consumer.queue(), passive, FieldTable::default()).await {
+                        Ok(queue) => self.probe.queue_depth.set(i64::from(queue.message_count())),
+                        Err(error) => {
+                            tracing::warn!(%error, queue = %self.spec.queue, "queue vanished");
+                            return Ended::LinkLost;
+                        }
+                    }
+                }
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => {
+                        let received = Received {
+                            message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+                            timestamp: delivery
+                                .properties
+                                .timestamp()
+                                .and_then(|t| DateTime::from_timestamp(t as i64, 0)),
+                            redelivered: delivery.redelivered,
+                            body: delivery.data,
+                            handle: DeliveryHandle::new(AmqpSettle(delivery.acker)),
+                        };
+                        if self.sender.send(received).await.is_err() {
+                            // The subscriber stopped listening; what it did not take returns
+                            // to the queue when the channel closes.
+                            let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                            return Ended::Stopped;
+                        }
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, queue = %self.spec.queue, "consumer failed");
+                        return Ended::LinkLost;
+                    }
+                    None => return Ended::LinkLost,
+                },
+            }
+        }
+    }
+}
+
+struct AmqpSettle(Acker);
+
+impl Settle for AmqpSettle {
+    fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+        Box::pin(async {
+            self.0
+                .ack(BasicAckOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| SettleError::Broker(e.to_string()))
+        })
+    }
+
+    fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+        Box::pin(self.nack(true))
+    }
+
+    fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+        Box::pin(self.nack(false))
+    }
+}
+
+impl AmqpSettle {
+    async fn nack(&self, requeue: bool) -> Result<(), SettleError> {
+        let options = BasicNackOptions {
+            requeue,
+            ..BasicNackOptions::default()
+        };
+        self.0
+            .nack(options)
+            .await
+            .map(|_| ())
+            .map_err(|e| SettleError::Broker(e.to_string()))
+    }
+}

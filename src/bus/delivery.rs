@@ -1,0 +1,95 @@
+//! What a bus hands its consumers, whichever bus it is: the message ([`Received`]) with a handle
+//! that settles it ([`DeliveryHandle`]: ack, requeue or reject), what to subscribe to
+//! ([`SubscriptionSpec`]) and where a subscription reports its state ([`SubscriptionProbe`]).
+//! The egress engine works only with these types (and `bus::Subscription`), so it knows neither
+//! RabbitMQ nor the embedded bus.
+
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use prometheus::IntGauge;
+use sha2::{Digest, Sha256};
+
+use crate::{configuration::QueueType, readiness::ReadyFlag};
+
+/// Why a delivery could not be settled. The broker redelivers what was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError {
+    #[error("broker error: {0}")]
+    Broker(String),
+    #[error("this bus cannot {0} a message")]
+    Unsupported(&'static str),
+}
+
+/// How one bus settles its deliveries.
+pub trait Settle: Send + Sync {
+    /// Done with it: the broker forgets it.
+    fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>>;
+    /// Not done: the broker delivers it again (to this or another consumer).
+    fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>>;
+    /// Refused for good: the broker drops it (or dead-letters it, if the queue says so).
+    fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>>;
+}
+
+/// Settles one delivery.
+pub struct DeliveryHandle(Box<dyn Settle>);
+
+impl DeliveryHandle {
+    pub fn new(settle: impl Settle + 'static) -> Self {
+        Self(Box::new(settle))
+    }
+
+    pub async fn ack(&self) -> Result<(), SettleError> {
+        self.0.ack().await
+    }
+
+    pub async fn requeue(&self) -> Result<(), SettleError> {
+        self.0.requeue().await
+    }
+
+    pub async fn reject(&self) -> Result<(), SettleError> {
+        self.0.reject().await
+    }
+}
+
+/// A delivery from a subscription.
+pub struct Received {
+    pub body: Vec<u8>,
+    /// The message's `message_id`, when it has one.
+    pub message_id: Option<String>,
+    pub timestamp: Option<DateTime<Utc>>,
+    /// The broker delivered it before (to us or another consumer) without an ack.
+    pub redelivered: bool,
+    pub handle: DeliveryHandle,
+}
+
+impl Received {
+    /// Identifies the message across redeliveries: its `message_id`, else a hash of its body.
+    pub fn key(&self) -> String {
+        match self.message_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => format!("mid:{id}"),
+            _ => {
+                let digest = Sha256::digest(&self.body);
+                format!("sha256:{}", hex::encode(&digest[..16]))
+            }
+        }
+    }
+}
+
+/// What to consume: a durable queue bound to topics (without `BUS_PREFIX`).
+#[derive(Clone, Debug)]
+pub struct SubscriptionSpec {
+    pub queue: String,
+    pub queue_type: QueueType,
+    pub topics: Vec<String>,
+    /// Deliveries in flight at most.
+    pub prefetch: u16,
+    /// Names this consumer in the broker's management views.
+    pub consumer_tag: String,
+}
+
+/// Where a subscription reports its state: up while consuming, and the queue's depth.
+#[derive(Clone, Debug)]
+pub struct SubscriptionProbe {
+    pub consuming: ReadyFlag,
+    pub queue_depth: IntGauge,
+}

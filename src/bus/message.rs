@@ -1,0 +1,80 @@
+//! The bus-neutral message types: what is published ([`BusMessage`]), how a publish can fail
+//! ([`PublishError`]) and how the connection is doing ([`BusState`]).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `app_id` stamped on everything we publish.
+pub const APP_ID: &str = "ingress-egress";
+
+/// One message to publish: the body plus the properties §3.3 of the design asks for.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BusMessage {
+    /// Topic name without `BUS_PREFIX`, e.g. `internal.ingress.v1`.
+    pub topic: String,
+    /// Stable id: the same provider event always yields the same one.
+    pub message_id: String,
+    pub correlation_id: String,
+    /// The envelope `type`, also the CloudEvents type.
+    pub kind: String,
+    /// CloudEvents `source`.
+    pub source: String,
+    pub timestamp: DateTime<Utc>,
+    /// JSON body.
+    pub body: String,
+}
+
+impl BusMessage {
+    /// Serialises `body` as JSON into a message for `topic`.
+    pub fn json<T: Serialize>(
+        topic: &str,
+        message_id: String,
+        correlation_id: String,
+        kind: &str,
+        source: &str,
+        body: &T,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(Self {
+            topic: topic.to_owned(),
+            message_id,
+            correlation_id,
+            kind: kind.to_owned(),
+            source: source.to_owned(),
+            timestamp: Utc::now(),
+            body: serde_json::to_string(body)?,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker not connected")]
+    NotConnected,
+    #[error("broker did not confirm within {0:?}")]
+    ConfirmTimeout(Duration),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("broker error: {0}")]
+    Broker(String),
+}
+
+/// Connection state, as `/readyz` and the debug snapshot show it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "state"
+)]
+pub enum BusState {
+    Connected,
+    Connecting { last_error: Option<String> },
+    Embedded,
+}
+
+/// `BUS_PREFIX` + topic.
+pub fn routing_key(prefix: &str, topic: &str) -> String {
+    format!("{prefix}{topic}")
+}

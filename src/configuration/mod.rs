@@ -1,0 +1,349 @@
+//! Service configuration, read from the environment.
+//!
+//! `envy` reads every core variable as an optional string into [`RawSettings`];
+//! [`Settings::from_environment`] then validates each one so a bad value stops start-up with one
+//! line naming the variable (and never echoing a secret). Secrets are held as [`SecretString`],
+//! whose `Debug` output is redacted. Each connector reads its own variables from the same
+//! [`Environment`] (see `connectors::*::config`), with the parsers in [`parse`].
+
+pub mod environment;
+pub mod parse;
+
+use std::{path::PathBuf, time::Duration};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+pub use environment::Environment;
+use parse::{non_empty, parse_base_url, parse_or};
+pub use parse::{redact_url, scrub_url_password, ConfigError};
+
+/// Every core variable the service reads, as the environment spells it (envy lower-cases
+/// names). Connectors list their own.
+#[derive(Deserialize, Default)]
+pub struct RawSettings {
+    app_env: Option<String>,
+    port: Option<String>,
+    public_base_url: Option<String>,
+    amqp_url: Option<String>,
+    amqp_exchange: Option<String>,
+    amqp_egress_queue: Option<String>,
+    amqp_egress_queue_type: Option<String>,
+    amqp_prefetch: Option<String>,
+    bus_prefix: Option<String>,
+    instance_id: Option<String>,
+    k_service: Option<String>,
+    k_revision: Option<String>,
+    hostname: Option<String>,
+    outbox_dir: Option<String>,
+    publish_confirm_timeout_ms: Option<String>,
+    dedupe_ttl_seconds: Option<String>,
+    max_body_bytes: Option<String>,
+    log_format: Option<String>,
+    log_level: Option<String>,
+    debug_token: Option<String>,
+    operator_token: Option<String>,
+}
+
+impl std::fmt::Debug for RawSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RawSettings { .. }")
+    }
+}
+
+/// Whether this is a production deployment; production refuses development shortcuts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppEnv {
+    Development,
+    Production,
+}
+
+/// The kind of queue the egress queue is declared as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueType {
+    /// Replicated and durable (RabbitMQ 3.8+); falls back to classic where the broker refuses.
+    Quorum,
+    Classic,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line, with Cloud Logging's `severity` field.
+    Json,
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub app_env: AppEnv,
+    pub port: u16,
+    /// The exact scheme + host (+ optional port) providers call; used to rebuild signed URLs.
+    pub public_base_url: Option<Url>,
+    pub bus: BusSettings,
+    pub outbox_dir: PathBuf,
+    pub dedupe_ttl: Duration,
+    pub max_body_bytes: usize,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub debug_token: Option<SecretString>,
+    pub operator_token: Option<SecretString>,
+    /// Every variable the service started with; connectors read their settings from it.
+    pub environment: Environment,
+}
+
+#[derive(Clone, Debug)]
+pub struct BusSettings {
+    /// `None` selects the embedded in-memory bus.
+    pub amqp_url: Option<SecretString>,
+    pub exchange: String,
+    pub egress_queue: String,
+    pub egress_queue_type: QueueType,
+    pub prefetch: u16,
+    pub prefix: String,
+    pub instance_id: String,
+    /// How long a webhook waits for the broker's confirm before it falls back to the outbox.
+    pub confirm_timeout: Duration,
+}
+
+impl Settings {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_environment(Environment::from_process())
+    }
+
+    /// Reads and validates the given variables (tests pass their own).
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Self::from_environment(Environment::from_pairs(vars))
+    }
+
+    pub fn from_environment(environment: Environment) -> Result<Self, ConfigError> {
+        let raw: RawSettings = envy::from_iter(environment.pairs())
+            .map_err(|e| ConfigError::new("environment", format!("unreadable: {e}")))?;
+        let app_env = match non_empty(raw.app_env).as_deref() {
+            None | Some("development") | Some("dev") | Some("local") | Some("test") => {
+                AppEnv::Development
+            }
+            Some("production") | Some("prod") => AppEnv::Production,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "APP_ENV",
+                    format!("expected development or production, got {other:?}"),
+                ))
+            }
+        };
+        let production = app_env == AppEnv::Production;
+
+        let amqp_url = non_empty(raw.amqp_url);
+        if let Some(url) = &amqp_url {
+            // Parse to reject typos early, without echoing the value (it holds a password).
+            let parsed = Url::parse(url)
+                .map_err(|e| ConfigError::new("AMQP_URL", format!("not a valid URL ({e})")))?;
+            if parsed.scheme() != "amqp" && parsed.scheme() != "amqps" {
+                return Err(ConfigError::new(
+                    "AMQP_URL",
+                    "scheme must be amqp:// or amqps://",
+                ));
+            }
+        } else if production {
+            return Err(ConfigError::new(
+                "AMQP_URL",
+                "required when APP_ENV=production (the embedded bus is for local use only)",
+            ));
+        }
+
+        let instance_id = non_empty(raw.instance_id)
+            .or_else(
+                || match (non_empty(raw.k_service), non_empty(raw.k_revision)) {
+                    (Some(service), Some(revision)) if revision.starts_with(&service) => {
+                        Some(revision)
+                    }
+                    (Some(service), Some(revision)) => Some(format!("{service}-{revision}")),
+                    (Some(service), None) => Some(service),
+                    _ => None,
+                },
+            )
+            .or_else(|| non_empty(raw.hostname))
+            .or_else(hostname_from_system)
+            .unwrap_or_else(|| "local".to_owned());
+
+        let bus = BusSettings {
+            amqp_url: amqp_url.map(SecretString::from),
+            exchange: non_empty(raw.amqp_exchange).unwrap_or_else(|| "events".to_owned()),
+            egress_queue: non_empty(raw.amqp_egress_queue)
+                .unwrap_or_else(|| "ingress-egress.egress".to_owned()),
+            egress_queue_type: match non_empty(raw.amqp_egress_queue_type).as_deref() {
+                None | Some("quorum") => QueueType::Quorum,
+                Some("classic") => QueueType::Classic,
+                Some(other) => {
+                    return Err(ConfigError::new(
+                        "AMQP_EGRESS_QUEUE_TYPE",
+                        format!("expected quorum or classic, got {other:?}"),
+                    ))
+                }
+            },
+            prefetch: parse_or("AMQP_PREFETCH", raw.amqp_prefetch, 32u16)?,
+            prefix: raw.bus_prefix.unwrap_or_default(),
+            instance_id,
+            confirm_timeout: Duration::from_millis(parse_or(
+                "PUBLISH_CONFIRM_TIMEOUT_MS",
+                raw.publish_confirm_timeout_ms,
+                2000u64,
+            )?),
+        };
+        if bus.prefetch == 0 {
+            return Err(ConfigError::new("AMQP_PREFETCH", "must be at least 1"));
+        }
+
+        let log_format = match non_empty(raw.log_format).as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            None => {
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal() {
+                    LogFormat::Pretty
+                } else {
+                    LogFormat::Json
+                }
+            }
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got {other:?}"),
+                ))
+            }
+        };
+        let log_level = non_empty(raw.log_level).unwrap_or_else(|| "info".to_owned());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            return Err(ConfigError::new(
+                "LOG_LEVEL",
+                format!("not a valid level or filter: {log_level:?}"),
+            ));
+        }
+
+        let public_base_url = non_empty(raw.public_base_url)
+            .map(|value| parse_base_url("PUBLIC_BASE_URL", &value))
+            .transpose()?;
+
+        Ok(Settings {
+            app_env,
+            port: parse_or("PORT", raw.port, 8080u16)?,
+            public_base_url,
+            bus,
+            outbox_dir: PathBuf::from(
+                non_empty(raw.outbox_dir).unwrap_or_else(|| "var/outbox".to_owned()),
+            ),
+            dedupe_ttl: Duration::from_secs(parse_or(
+                "DEDUPE_TTL_SECONDS",
+                raw.dedupe_ttl_seconds,
+                300u64,
+            )?),
+            max_body_bytes: parse_or("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024usize)?,
+            log_format,
+            log_level,
+            debug_token: non_empty(raw.debug_token).map(SecretString::from),
+            operator_token: non_empty(raw.operator_token).map(SecretString::from),
+            environment,
+        })
+    }
+
+    /// The AMQP URL with its password removed, for logs and the debug snapshot.
+    pub fn redacted_amqp_url(&self) -> String {
+        match &self.bus.amqp_url {
+            None => "embedded in-memory bus".to_owned(),
+            Some(url) => redact_url(url.expose_secret()),
+        }
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.app_env == AppEnv::Production
+    }
+}
+
+fn hostname_from_system() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_need_no_configuration() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.port, 8080);
+        assert_eq!(s.bus.exchange, "events");
+        assert_eq!(s.bus.egress_queue, "ingress-egress.egress");
+        assert!(s.bus.amqp_url.is_none());
+    }
+
+    #[test]
+    fn a_malformed_value_names_its_variable() {
+        let err = settings(&[("PORT", "eighty")]).unwrap_err();
+        assert_eq!(err.variable, "PORT");
+        assert!(err.to_string().starts_with("configuration error: PORT:"));
+        assert!(!err.to_string().contains('\n'));
+        let err = settings(&[("PUBLIC_BASE_URL", "not a url")]).unwrap_err();
+        assert_eq!(err.variable, "PUBLIC_BASE_URL");
+    }
+
+    #[test]
+    fn production_requires_a_broker() {
+        let err = settings(&[("APP_ENV", "production")]).unwrap_err();
+        assert_eq!(err.variable, "AMQP_URL");
+    }
+
+    #[test]
+    fn secrets_never_appear_in_debug_output_or_errors() {
+        let s = settings(&[
+            ("AMQP_URL", "amqp://user:amqp-password-42@broker:5672/%2f"),
+            ("SOME_CONNECTOR_SECRET", "connector-secret-42"),
+            ("DEBUG_TOKEN", "debug-secret-42"),
+            ("OPERATOR_TOKEN", "operator-secret-42"),
+        ])
+        .unwrap();
+        let debug = format!("{s:?}");
+        for secret in [
+            "amqp-password-42",
+            "connector-secret-42",
+            "debug-secret-42",
+            "operator-secret-42",
+        ] {
+            assert!(!debug.contains(secret), "{secret} leaked into Debug output");
+        }
+        assert!(!s.redacted_amqp_url().contains("amqp-password-42"));
+        assert!(s.redacted_amqp_url().contains("broker:5672"));
+
+        let err = settings(&[("AMQP_URL", "http://user:amqp-password-42@broker")]).unwrap_err();
+        assert_eq!(err.variable, "AMQP_URL");
+        assert!(!err.to_string().contains("amqp-password-42"));
+    }
+
+    #[test]
+    fn instance_id_falls_back_to_cloud_run_names() {
+        let s = settings(&[
+            ("K_SERVICE", "ingress"),
+            ("K_REVISION", "ingress-00042-abc"),
+        ])
+        .unwrap();
+        assert_eq!(s.bus.instance_id, "ingress-00042-abc");
+        let s = settings(&[("K_SERVICE", "ingress"), ("K_REVISION", "r7")]).unwrap();
+        assert_eq!(s.bus.instance_id, "ingress-r7");
+        let s = settings(&[("INSTANCE_ID", "pod-1"), ("K_SERVICE", "ingress")]).unwrap();
+        assert_eq!(s.bus.instance_id, "pod-1");
+    }
+}

@@ -1,0 +1,112 @@
+//! Publishing what a webhook carried and answering Twilio: at most once per message id within
+//! the dedupe window, 503 when neither the broker nor the outbox took it (so Twilio retries),
+//! and the metrics every webhook reports.
+
+use actix_web::HttpResponse;
+
+use super::{context::IngressContext, envelope::message_id};
+use crate::{
+    bus::BusMessage,
+    connectors::twilio::shared::{CONNECTOR, INGRESS_SOURCE},
+    envelope::{topics, InternalEventV2},
+    error::ApiError,
+    publisher::Delivery,
+};
+
+/// The empty TwiML document: acknowledge, send no reply from Twilio itself.
+pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>";
+
+/// Publishes an inbound envelope on `internal.ingress.v1`, at most once per message id within
+/// the dedupe window.
+pub(crate) async fn publish_envelope(
+    twilio: &IngressContext,
+    envelope: &InternalEventV2,
+) -> Result<WebhookOutcome, ApiError> {
+    let message_sid = envelope
+        .message
+        .as_ref()
+        .map(|m| m.id.as_str())
+        .unwrap_or_default();
+    let message = BusMessage::json(
+        topics::INGRESS,
+        message_id(message_sid),
+        envelope.correlation_id.to_string(),
+        &envelope.event_type,
+        INGRESS_SOURCE,
+        envelope,
+    )
+    .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
+    let delivery = publish_once(twilio, message).await?;
+    tracing::info!(
+        message_sid,
+        correlation_id = %envelope.correlation_id,
+        delivery = delivery.as_str(),
+        "inbound message accepted"
+    );
+    Ok(WebhookOutcome::Delivered(delivery))
+}
+
+/// Publishes a webhook's event at most once per `message_id` within the dedupe window; when
+/// neither the broker nor the outbox takes it, answers 503 so Twilio retries.
+pub(crate) async fn publish_once(
+    twilio: &IngressContext,
+    message: BusMessage,
+) -> Result<Delivery, ApiError> {
+    twilio
+        .publisher()
+        .publish_once(message)
+        .await
+        .map_err(|error| {
+            tracing::error!(%error, "webhook event not accepted");
+            twilio.record_error(error.to_string());
+            ApiError::Unavailable("event could not be stored; retry later".to_owned())
+        })
+}
+
+/// How a webhook ended, for the response and the metrics.
+pub(crate) enum WebhookOutcome {
+    Delivered(Delivery),
+    /// Valid but nothing to publish (e.g. an event type we do not use).
+    Ignored,
+}
+
+/// Runs a webhook handler: measures it, counts its outcome and answers with empty TwiML.
+pub(crate) async fn handle(
+    twilio: &IngressContext,
+    route: &'static str,
+    work: impl std::future::Future<Output = Result<WebhookOutcome, ApiError>>,
+) -> Result<HttpResponse, ApiError> {
+    let metrics = twilio.metrics();
+    let timer = metrics
+        .webhook_duration
+        .with_label_values(&[CONNECTOR, route])
+        .start_timer();
+    let result = work.await;
+    timer.observe_duration();
+    let outcome = match &result {
+        Ok(WebhookOutcome::Delivered(delivery)) => delivery.as_str(),
+        Ok(WebhookOutcome::Ignored) => "ignored",
+        Err(ApiError::PayloadTooLarge { .. }) => "too_large",
+        Err(error) => error.code(),
+    };
+    metrics
+        .webhook_requests
+        .with_label_values(&[CONNECTOR, route, outcome])
+        .inc();
+    match result {
+        Ok(_) => {
+            twilio.record_inbound();
+            Ok(HttpResponse::Ok()
+                .content_type("text/xml; charset=utf-8")
+                .body(EMPTY_TWIML))
+        }
+        Err(error) => {
+            if matches!(error, ApiError::BadSignature(_)) {
+                tracing::warn!(route, reason = %error, "webhook rejected: bad signature");
+            } else {
+                tracing::info!(route, reason = %error, "webhook rejected");
+            }
+            Err(error)
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! The Twilio REST client: one pooled [`reqwest::Client`] with connect and request timeouts,
+//! HTTP Basic authentication (`TWILIO_API_KEY`/`TWILIO_API_SECRET` when configured, else the
+//! account SID and auth token), and the transport every call shares: JSON answers, Twilio
+//! errors, `Retry-After`, URL building. The calls themselves are in [`super::messages`] and
+//! [`super::conversations`].
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use url::Url;
+
+use super::error::{RestError, IDEMPOTENCY_HEADER};
+use crate::connectors::twilio::config::TwilioSettings;
+
+/// How long establishing a TCP/TLS connection to Twilio may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `Retry-After` we accept; longer values are clamped.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// What Twilio created.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Created {
+    /// `SM…`/`MM…` for messages, `IM…` for conversation messages.
+    pub sid: String,
+    /// Twilio's initial status (`queued`, `accepted`, …) when given.
+    pub status: Option<String>,
+    /// Twilio's segment count when given (Messaging only).
+    pub num_segments: Option<u32>,
+}
+
+/// The Twilio REST client. Cheap to clone (the connection pool is shared).
+#[derive(Clone)]
+pub struct TwilioRest {
+    http: reqwest::Client,
+    pub(super) api_base_url: Url,
+    pub(super) conversations_base_url: Url,
+    /// `IS…`: scopes Conversations calls to this Conversation Service.
+    pub(super) chat_service_sid: Option<String>,
+    pub(super) account_sid: Option<String>,
+    username: Option<String>,
+    password: SecretString,
+}
+
+impl std::fmt::Debug for TwilioRest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TwilioRest")
+            .field("api_base_url", &self.api_base_url.as_str())
+            .field(
+                "conversations_base_url",
+                &self.conversations_base_url.as_str(),
+            )
+            .field("chat_service_sid", &self.chat_service_sid)
+            .field("account_sid", &self.account_sid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TwilioRest {
+    /// Builds the client from the Twilio settings (timeouts, base URLs, credentials).
+    pub fn new(settings: &TwilioSettings) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT.min(settings.request_timeout))
+            .timeout(settings.request_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(32)
+            .user_agent(concat!("ingress-egress/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("static HTTP client configuration is valid");
+        let (username, password) = match (&settings.api_key, &settings.api_secret) {
+            (Some(key), Some(secret)) => (Some(key.clone()), secret.clone()),
+            _ => (settings.account_sid.clone(), settings.auth_token.clone()),
+        };
+        Self {
+            http,
+            api_base_url: settings.api_base_url.clone(),
+            conversations_base_url: settings.conversations_base_url.clone(),
+            chat_service_sid: settings.chat_service_sid.clone(),
+            account_sid: settings.account_sid.clone(),
+            username,
+            password,
+        }
+    }
+
+    pub(super) async fn get_json(
+        &self,
+        url: Url,
+        query: &[(&str, &str)],
+    ) -> Result<Value, RestError> {
+        let username = self.username.as_deref().ok_or(RestError::NotConfigured(
+            "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
+        ))?;
+        let request = self
+            .http
+            .get(url)
+            .basic_auth(username, Some(self.password.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .query(query);
+        read_response(request).await
+    }
+
+    pub(super) async fn post_form(
+        &self,
+        url: Url,
+        form: &[(&str, &str)],
+        idempotency_token: Option<&str>,
+    ) -> Result<Value, RestError> {
+        let username = self.username.as_deref().ok_or(RestError::NotConfigured(
+            "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
+        ))?;
+        let mut request = self
+            .http
+            .post(url)
+            .basic_auth(username, Some(self.password.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(form);
+        if let Some(token) = idempotency_token {
+            request = request.header(IDEMPOTENCY_HEADER, token);
+        }
+        read_response(request).await
+    }
+}
+
+/// Sends `request`; a 2xx answer's JSON body, else the error.
+async fn read_response(request: reqwest::RequestBuilder) -> Result<Value, RestError> {
+    let response = request.send().await.map_err(|e| network_error(&e))?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let text = response.text().await.map_err(|e| network_error(&e))?;
+    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if status.is_success() {
+        return Ok(json);
+    }
+    let code = json.get("code").and_then(|c| {
+        c.as_u64()
+            .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+            .and_then(|c| u32::try_from(c).ok())
+    });
+    let message = json
+        .get("message")
+        .and_then(Value::as_str)
+        .map(|m| m.chars().take(300).collect())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    Err(RestError::Http {
+        status: status.as_u16(),
+        code,
+        message,
+        retry_after,
+    })
+}
+
+/// A deterministic idempotency token for a logical request identified by `key`.
+pub fn idempotency_token(key: &str) -> String {
+    const NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3f2a_77c1_0b8e_4d5a_a1f3_6c9e_2d40_b817);
+    uuid::Uuid::new_v5(&NAMESPACE, key.as_bytes()).to_string()
+}
+
+/// `Retry-After`: delta-seconds or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let delay = if let Ok(seconds) = value.parse::<f64>() {
+        if !(seconds.is_finite() && seconds >= 0.0) {
+            return None;
+        }
+        Duration::from_secs_f64(seconds.min(MAX_RETRY_AFTER.as_secs_f64()))
+    } else {
+        let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+        (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Appends path segments (percent-encoded) to a base URL that may carry a path prefix.
+pub(super) fn join(base: &Url, segments: &[&str]) -> Url {
+    let mut url = base.clone();
+    {
+        let mut path = url
+            .path_segments_mut()
+            .expect("base URLs are http(s) URLs, which have paths");
+        path.pop_if_empty();
+        path.extend(segments);
+    }
+    url
+}
+
+pub(super) fn created(json: &Value) -> Created {
+    Created {
+        sid: json
+            .get("sid")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        status: json
+            .get("status")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        num_segments: json.get("num_segments").and_then(|n| {
+            n.as_u64()
+                .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+                .and_then(|n| u32::try_from(n).ok())
+        }),
+    }
+}
+
+/// A network error without the URL (which could carry a path-embedded secret in some setups).
+fn network_error(error: &reqwest::Error) -> RestError {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_body() || error.is_decode() {
+        "response body unreadable"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(error);
+    let mut detail = String::new();
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    let detail = if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}: {detail}")
+    };
+    // A timeout can strike after the request was sent, even while connecting was slow.
+    if error.is_connect() && !error.is_timeout() {
+        RestError::ConnectFailed(detail)
+    } else {
+        RestError::NoAnswer(detail)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn urls_keep_a_base_path_prefix() {
+        let base = Url::parse("http://127.0.0.1:9/twilio").unwrap();
+        assert_eq!(
+            join(&base, &["2010-04-01", "Accounts", "AC1", "Messages.json"]).as_str(),
+            "http://127.0.0.1:9/twilio/2010-04-01/Accounts/AC1/Messages.json"
+        );
+        let base = Url::parse("https://api.twilio.com/").unwrap();
+        assert_eq!(
+            join(&base, &["v1", "Conversations", "CH1", "Messages"]).as_str(),
+            "https://api.twilio.com/v1/Conversations/CH1/Messages"
+        );
+    }
+
+    #[test]
+    fn idempotency_tokens_are_deterministic() {
+        assert_eq!(idempotency_token("a|0"), idempotency_token("a|0"));
+        assert_ne!(idempotency_token("a|0"), idempotency_token("a|1"));
+    }
+}

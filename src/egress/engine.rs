@@ -1,0 +1,214 @@
+//! The egress engine: one consumed delivery from bytes to settlement.
+//!
+//! [`Engine::accept`] runs synchronously in the consumer loop, in delivery order: it parses the
+//! event, finds the sink its `egress.connector` names, plans the parts and takes the recipient's
+//! place in line ([`super::order`]). The returned future, spawned by the loop, then waits for
+//! its turn and delivers the parts ([`super::deliver`]); the outcome is published and the
+//! delivery settled in [`super::report`].
+//!
+//! Idempotency: each part's token is derived from the event's identity (its `message_id`, else
+//! a SHA-256 of the body) and the part index, so every attempt and every redelivery of a part
+//! carries the same token. The envelope `correlationId` alone is not used, since several
+//! replies to one inbound message share it.
+
+use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
+
+use chrono::Utc;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    order::Sequencer,
+    rate::RateLimiter,
+    select::{self, Parsed, Rejection},
+    sink::{EgressSink, SinkPolicy, TextInfo},
+};
+use crate::{
+    bus::delivery::Received, envelope::Media, metrics::Metrics, publisher::EventPublisher,
+};
+
+/// Backoff between attempts of one part (the attempt count is the sink's).
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            retry_base: Duration::from_millis(250),
+            retry_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The idempotency token of part `index` of `count` of the event identified by `event_key`.
+pub fn part_token(event_key: &str, index: usize, count: usize) -> String {
+    const NAMESPACE: Uuid = Uuid::from_u128(0x8d0c_1f55_2b7e_4c1a_9e3d_77a2_0c6b_f104);
+    Uuid::new_v5(
+        &NAMESPACE,
+        format!("egress|{event_key}|{index}|{count}").as_bytes(),
+    )
+    .to_string()
+}
+
+/// A sink with its limits, as the engine drives it.
+pub(super) struct SinkRoute {
+    pub(super) sink: Arc<dyn EgressSink>,
+    pub(super) policy: SinkPolicy,
+    pub(super) limiter: RateLimiter,
+}
+
+/// What one event will send, decided before its turn comes.
+pub(super) struct Plan {
+    pub(super) key: String,
+    pub(super) route: Arc<SinkRoute>,
+    pub(super) correlation_id: Uuid,
+    pub(super) target: String,
+    pub(super) sender_key: String,
+    pub(super) metadata: Map<String, Value>,
+    pub(super) parts: Vec<PlannedPart>,
+    /// The event as consumed, for the dead letter.
+    pub(super) original: Value,
+}
+
+pub(super) struct PlannedPart {
+    pub(super) text: Option<String>,
+    pub(super) info: TextInfo,
+    pub(super) media: Vec<Media>,
+    pub(super) token: String,
+}
+
+pub struct Engine {
+    pub(super) routes: HashMap<&'static str, Arc<SinkRoute>>,
+    /// Connector names in registration order, for messages.
+    connectors: Vec<&'static str>,
+    pub(super) publisher: EventPublisher,
+    pub(super) metrics: Metrics,
+    pub(super) config: EngineConfig,
+    sequencer: Arc<Sequencer>,
+    pub(super) shutdown: CancellationToken,
+}
+
+impl Engine {
+    pub fn new(
+        sinks: Vec<Arc<dyn EgressSink>>,
+        publisher: EventPublisher,
+        metrics: Metrics,
+        config: EngineConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let connectors: Vec<&'static str> = sinks.iter().map(|sink| sink.connector()).collect();
+        let routes = sinks
+            .into_iter()
+            .map(|sink| {
+                let policy = sink.policy();
+                let route = SinkRoute {
+                    limiter: RateLimiter::new(policy.max_send_rate, policy.burst),
+                    policy,
+                    sink,
+                };
+                (route.sink.connector(), Arc::new(route))
+            })
+            .collect();
+        Arc::new(Self {
+            routes,
+            connectors,
+            publisher,
+            metrics,
+            config,
+            sequencer: Sequencer::new(),
+            shutdown,
+        })
+    }
+
+    /// Takes a delivery in consumption order and returns the work to run (spawn it).
+    pub fn accept(
+        self: &Arc<Self>,
+        received: Received,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let engine = self.clone();
+        if let Some(at) = received.timestamp {
+            let lag = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+            self.metrics.egress_lag.observe(lag);
+        }
+        if received.redelivered {
+            tracing::debug!(message_id = ?received.message_id, "redelivered egress event; resends reuse their idempotency tokens");
+        }
+        // Take the recipient's place in line now, synchronously, in consumption order.
+        let work = self.plan(&received).map(|plan| {
+            let turn = self.sequencer.enqueue(&plan.target);
+            (plan, turn)
+        });
+        async move {
+            match work {
+                Ok((plan, turn)) => engine.deliver(received, plan, turn).await,
+                Err((parsed, rejection)) => engine.reject(received, parsed, rejection).await,
+            }
+        }
+    }
+
+    fn plan(&self, received: &Received) -> Result<Plan, (Parsed, Rejection)> {
+        let (parsed, check) = select::parse(&received.body, &self.connectors);
+        if let Err(rejection) = check {
+            return Err((parsed, rejection));
+        }
+        let event = parsed.event.as_ref().expect("parse succeeded");
+        let route = self.routes[event.egress.connector.as_str()].clone();
+        let sink = route.sink.as_ref();
+        let selection = match select::select(event, |target| sink.check_target(target)) {
+            Ok(selection) => selection,
+            Err(rejection) => return Err((parsed, rejection)),
+        };
+        let max_media = sink.max_media_per_part(&selection.target).max(1);
+        let texts = selection
+            .text
+            .as_deref()
+            .map(|text| sink.split_text(&selection.target, text))
+            .unwrap_or_default();
+        let mut media_chunks = selection.media.chunks(max_media).map(<[Media]>::to_vec);
+        let mut parts: Vec<(Option<String>, Vec<Media>)> = Vec::new();
+        for (index, text) in texts.into_iter().enumerate() {
+            let media = if index == 0 {
+                media_chunks.next().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            parts.push((Some(text), media));
+        }
+        parts.extend(media_chunks.map(|media| (None, media)));
+
+        let key = received.key();
+        let count = parts.len();
+        let parts = parts
+            .into_iter()
+            .enumerate()
+            .map(|(index, (text, media))| PlannedPart {
+                info: sink.describe_text(text.as_deref().unwrap_or_default()),
+                text,
+                media,
+                token: part_token(&key, index, count),
+            })
+            .collect();
+        let sender_key = sink.sender_key(&selection.target, &event.egress.metadata);
+        let correlation_id = event.correlation_id;
+        let metadata = event.egress.metadata.clone();
+        Ok(Plan {
+            key,
+            route,
+            correlation_id,
+            target: selection.target,
+            sender_key,
+            metadata,
+            parts,
+            original: parsed.json.unwrap_or(Value::Null),
+        })
+    }
+
+    /// The sink serving `connector`, if any.
+    pub(super) fn route(&self, connector: Option<&str>) -> Option<&Arc<SinkRoute>> {
+        connector.and_then(|name| self.routes.get(name))
+    }
+}
