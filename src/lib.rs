@@ -8,7 +8,8 @@
 //! - [`envelope`]: the `InternalEventV2` every event uses.
 //! - [`bus`]: RabbitMQ and the embedded bus, publishing and subscriptions; [`outbox`] and
 //!   [`publisher`]: the delivery guarantees of ingress.
-//! - [`egress`]: the engine that delivers reply events through connectors' sinks.
+//! - [`egress`]: the engine that delivers reply events through connectors' sinks, with its
+//!   send ledger; [`state`]: the key-value store such memory lives in.
 //! - [`routes`]: health, metrics and debug routes; [`app_state`], [`auth`], [`error`],
 //!   [`openapi`], [`readiness`], [`backoff`].
 //!
@@ -30,4 +31,5 @@ pub mod publisher;
 pub mod readiness;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod telemetry;

@@ -15,17 +15,21 @@ use crate::{
     bus::Bus,
     configuration::Settings,
     connectors::{registry, Connector, ConnectorContext},
-    egress::{self, sink::EgressSink},
+    egress::{self, ledger::SendLedger, sink::EgressSink},
     error::{json_config, ApiError},
     metrics::Metrics,
     openapi,
     outbox::Outbox,
     publisher::EventPublisher,
     routes,
+    state::file::FileStore,
 };
 
 /// Builds a connector that is not in the registry (see [`Application::build_with_connectors`]).
 pub type ConnectorFactory = Box<dyn FnOnce(&ConnectorContext) -> Arc<dyn Connector> + Send>;
+
+/// How often expired entries of the state store are deleted.
+const STATE_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long in-flight work may take to finish after a stop signal (Cloud Run allows 10 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -79,7 +83,11 @@ impl Application {
             metrics.clone(),
         );
 
+        let state = FileStore::open(settings.outbox_dir.join("state"))
+            .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
+        let ledger = SendLedger::new(Arc::new(state.clone()));
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(sweep_state(state.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(
             publisher.clone().drain_outbox(shutdown.clone()),
         ));
@@ -89,6 +97,8 @@ impl Application {
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             operator_auth: BearerAuth::operator(&settings),
+            state: Arc::new(state),
+            ledger: ledger.clone(),
             shutdown: shutdown.clone(),
         };
         let mut connectors = registry::build(&context)?;
@@ -104,6 +114,7 @@ impl Application {
                 &bus,
                 &settings.bus,
                 publisher.clone(),
+                ledger,
                 metrics.clone(),
                 shutdown.clone(),
             );
@@ -195,5 +206,20 @@ impl Application {
         self.bus.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Deletes expired state entries now and then, so the directory does not grow without bound.
+async fn sweep_state(state: FileStore, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(STATE_SWEEP_INTERVAL);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let removed = state.sweep().await;
+                tracing::debug!(removed, "expired state entries deleted");
+            }
+        }
     }
 }

@@ -13,8 +13,12 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::BearerAuth, configuration::Settings, egress::sink::EgressSink, metrics::Metrics,
+    auth::BearerAuth,
+    configuration::Settings,
+    egress::{ledger::SendLedger, sink::EgressSink},
+    metrics::Metrics,
     publisher::EventPublisher,
+    state::StateStore,
 };
 
 /// One platform, as the rest of the service sees it.
@@ -41,13 +45,16 @@ pub trait Connector: Send + Sync + 'static {
 }
 
 /// What a connector is built from: the settings (its own are read from
-/// `settings.environment`), the shared publisher and metrics, the operator guard and the
-/// service's stop signal.
+/// `settings.environment`), the shared publisher and metrics, the operator guard, the state
+/// store and the send ledger (which the connector's ingress may complete, e.g. from delivery
+/// callbacks), and the service's stop signal.
 #[derive(Clone)]
 pub struct ConnectorContext {
     pub settings: Arc<Settings>,
     pub publisher: EventPublisher,
     pub metrics: Metrics,
     pub operator_auth: BearerAuth,
+    pub state: Arc<dyn StateStore>,
+    pub ledger: SendLedger,
     pub shutdown: CancellationToken,
 }

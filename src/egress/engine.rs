@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{
+    ledger::SendLedger,
     order::Sequencer,
     rate::RateLimiter,
     select::{self, Parsed, Rejection},
@@ -86,6 +87,7 @@ pub struct Engine {
     /// Connector names in registration order, for messages.
     connectors: Vec<&'static str>,
     pub(super) publisher: EventPublisher,
+    pub(super) ledger: SendLedger,
     pub(super) metrics: Metrics,
     pub(super) config: EngineConfig,
     sequencer: Arc<Sequencer>,
@@ -96,6 +98,7 @@ impl Engine {
     pub fn new(
         sinks: Vec<Arc<dyn EgressSink>>,
         publisher: EventPublisher,
+        ledger: SendLedger,
         metrics: Metrics,
         config: EngineConfig,
         shutdown: CancellationToken,
@@ -117,6 +120,7 @@ impl Engine {
             routes,
             connectors,
             publisher,
+            ledger,
             metrics,
             config,
             sequencer: Sequencer::new(),
@@ -169,16 +173,27 @@ impl Engine {
             .map(|text| sink.split_text(&selection.target, text))
             .unwrap_or_default();
         let mut media_chunks = selection.media.chunks(max_media).map(<[Media]>::to_vec);
+        let mut first_media = media_chunks.next();
         let mut parts: Vec<(Option<String>, Vec<Media>)> = Vec::new();
         for (index, text) in texts.into_iter().enumerate() {
-            let media = if index == 0 {
-                media_chunks.next().unwrap_or_default()
+            // The first part carries the first media, unless together they are too long for
+            // one message; then the media follow in a part of their own.
+            let fits = first_media
+                .as_ref()
+                .is_some_and(|media| sink.fits(&selection.target, Some(&text), media));
+            let media = if index == 0 && fits {
+                first_media.take().unwrap_or_default()
             } else {
                 Vec::new()
             };
             parts.push((Some(text), media));
         }
-        parts.extend(media_chunks.map(|media| (None, media)));
+        parts.extend(
+            first_media
+                .into_iter()
+                .chain(media_chunks)
+                .map(|media| (None, media)),
+        );
 
         let key = received.key();
         let count = parts.len();

@@ -9,6 +9,7 @@
 //! - [`engine`]: one delivery from bytes to a plan (parse, route to a sink, split, order).
 //! - [`deliver`]: sending a plan's parts, rate limited, with retries.
 //! - [`report`]: the outcome published, counted and the delivery settled.
+//! - [`ledger`]: what became of each part (sent, or attempted with unknown outcome).
 //! - [`select`]: which text, media and target an `InternalEventV2` asks us to send (DESIGN §3.2).
 //! - [`rate`]: per-sender token bucket.
 //! - [`order`]: per-recipient sequencing (same recipient in order, others concurrent).
@@ -22,6 +23,7 @@ pub mod engine;
 #[cfg(test)]
 mod engine_tests;
 pub mod events;
+pub mod ledger;
 mod order;
 mod rate;
 mod report;
@@ -45,6 +47,7 @@ use crate::{
     readiness::ReadyFlag,
 };
 use engine::{Engine, EngineConfig};
+use ledger::SendLedger;
 use sink::EgressSink;
 
 /// The topics the egress queue is bound to (without `BUS_PREFIX`): every instance's shared
@@ -74,6 +77,7 @@ pub fn start(
     bus: &Bus,
     bus_settings: &BusSettings,
     publisher: EventPublisher,
+    ledger: SendLedger,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> (ReadyFlag, JoinHandle<()>) {
@@ -86,6 +90,7 @@ pub fn start(
     let engine = Engine::new(
         sinks,
         publisher,
+        ledger,
         metrics,
         EngineConfig::default(),
         shutdown.clone(),

@@ -20,7 +20,7 @@ use crate::bus::delivery::Received;
 
 /// Pause before requeueing an event whose outcome could not be recorded, so a broken outbox
 /// does not turn into a hot loop.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+pub(super) const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The `connector` label of events no sink claimed.
 const UNROUTED: &str = "none";

@@ -13,11 +13,12 @@ use ingress_egress::{
         twilio::{config::TwilioSettings, TwilioConnector},
         Connector, ConnectorContext,
     },
-    egress,
+    egress::{self, ledger::SendLedger},
     metrics::Metrics,
     outbox::Outbox,
     publisher::EventPublisher,
     readiness::ReadyFlag,
+    state::file::FileStore,
 };
 use lapin::{options::QueueDeclareOptions, types::FieldTable, Connection, ConnectionProperties};
 use tokio::task::JoinHandle;
@@ -55,11 +56,15 @@ impl Consumer {
             metrics.clone(),
         );
         let shutdown = CancellationToken::new();
+        let state = Arc::new(FileStore::open(outbox.path().join("state")).unwrap());
+        let ledger = SendLedger::new(state.clone());
         let context = ConnectorContext {
             settings: Arc::new(settings.clone()),
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             operator_auth: BearerAuth::operator(&settings),
+            state,
+            ledger: ledger.clone(),
             shutdown: shutdown.clone(),
         };
         let twilio =
@@ -70,6 +75,7 @@ impl Consumer {
             &bus,
             &settings.bus,
             publisher,
+            ledger,
             metrics,
             shutdown.clone(),
         );

@@ -358,8 +358,9 @@ async fn fake_twilio_scripted_429_with_retry_after_then_success() {
 }
 
 #[tokio::test]
-async fn fake_twilio_idempotency_token_replays_the_same_resource() {
+async fn fake_twilio_idempotency_token_replays_the_same_resource_when_asked_to() {
     let fake = FakeTwilio::start(ACCOUNT, TOKEN).await;
+    fake.set_idempotency_emulation(true);
     let params = [
         ("To", "+15558675310"),
         ("From", "+15017122661"),
@@ -597,7 +598,6 @@ fn fake_twilio_response_problems_catches_misshapen_bodies() {
 #[tokio::test]
 async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
     let fake = FakeTwilio::start(ACCOUNT, TOKEN).await;
-    fake.set_idempotency_emulation(false);
     let url = messages_url(&fake);
     let params = [
         ("To", "+15558675310"),
@@ -647,10 +647,13 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
         .unwrap()
         .and_utc()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Queued messages have no date_sent yet: a DateSent filter does not list them.
+    let (status, page) = list(vec![("To", "+15558675310".into()), ("DateSent>", today)]).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"], json!([]), "{page}");
     let (status, page) = list(vec![
         ("To", "+15558675310".into()),
         ("From", "+15017122661".into()),
-        ("DateSent>", today),
         ("PageSize", "20".into()),
     ])
     .await;
@@ -665,6 +668,10 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
     assert_eq!(messages.len(), 2, "{page}");
     assert_eq!(messages[0]["sid"], second["sid"], "newest first");
     assert!(messages.iter().all(|m| m["to"] == "+15558675310"));
+    assert!(
+        messages.iter().all(|m| m["date_sent"].is_null()),
+        "still queued"
+    );
 
     let tomorrow = (chrono::Utc::now() + chrono::TimeDelta::days(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -680,5 +687,5 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
         .violations()
         .iter()
         .any(|v| v.contains("`Sender` is not defined for ListMessage")));
-    assert_eq!(fake.requests_to(Route::ListMessages).len(), 4);
+    assert_eq!(fake.requests_to(Route::ListMessages).len(), 5);
 }

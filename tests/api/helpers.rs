@@ -244,6 +244,32 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// POSTs form `params` to `path_and_query`, signed with the fixtures' primary auth token
+    /// over `PUBLIC_BASE_URL + path_and_query`, exactly as Twilio signs a webhook.
+    pub async fn post_signed_form(
+        &self,
+        path_and_query: &str,
+        params: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let tokens = fixture_tokens();
+        let params: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let signature = ingress_egress::connectors::twilio::ingress::signature::compute_signature(
+            &tokens.primary_auth_token,
+            &format!("{}{path_and_query}", tokens.public_base_url),
+            &params,
+        );
+        self.client
+            .post(format!("{}{path_and_query}", self.address))
+            .header("X-Twilio-Signature", signature)
+            .form(&params)
+            .send()
+            .await
+            .expect("webhook request")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client
             .get(format!("{}{path}", self.address))

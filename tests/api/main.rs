@@ -9,6 +9,8 @@ mod conversations;
 mod conversations_service;
 mod debug_snapshot;
 mod egress;
+mod egress_fidelity;
+mod egress_once;
 mod egress_reconnect;
 mod egress_rest;
 mod egress_shutdown;

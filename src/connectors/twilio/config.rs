@@ -35,6 +35,8 @@ pub struct RawTwilio {
     status_callback_url: Option<String>,
     api_base_url: Option<String>,
     conversations_base_url: Option<String>,
+    mcs_base_url: Option<String>,
+    resolve_wait_ms: Option<String>,
     max_send_rate: Option<String>,
     max_send_attempts: Option<String>,
     request_timeout_ms: Option<String>,
@@ -57,6 +59,11 @@ pub struct TwilioSettings {
     pub status_callback_url: Option<Url>,
     pub api_base_url: Url,
     pub conversations_base_url: Url,
+    /// The Media Content Service (media attached to conversation messages).
+    pub mcs_base_url: Url,
+    /// How long the egress sink waits for a status callback to tell what an ambiguous send
+    /// created, before it searches the recipient's messages.
+    pub resolve_wait: Duration,
     /// Messages per second per sender.
     pub max_send_rate: f64,
     pub max_send_attempts: u32,
@@ -178,6 +185,17 @@ impl TwilioSettings {
                     .as_deref()
                     .unwrap_or("https://conversations.twilio.com"),
             )?,
+            mcs_base_url: parse_base_url(
+                "TWILIO_MCS_BASE_URL",
+                non_empty(raw.mcs_base_url)
+                    .as_deref()
+                    .unwrap_or("https://mcs.us1.twilio.com"),
+            )?,
+            resolve_wait: Duration::from_millis(parse_or(
+                "TWILIO_RESOLVE_WAIT_MS",
+                raw.resolve_wait_ms,
+                3_000u64,
+            )?),
             max_send_rate,
             max_send_attempts,
             request_timeout: Duration::from_millis(parse_or(

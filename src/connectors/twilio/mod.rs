@@ -2,7 +2,8 @@
 //! Streams) and REST sends out.
 //!
 //! - [`config`]: every `TWILIO_*` setting; [`address`]: phone, WhatsApp, Messenger and
-//!   Conversation addresses; [`shared`]: what both wings share.
+//!   Conversation addresses; [`shared`]: what both wings share; [`opt_out`]: recipients who
+//!   replied STOP.
 //! - [`ingress`]: the webhooks (a source); [`egress`]: the sink, text splitting, auto-join;
 //!   [`rest`]: Twilio's REST API; [`operator`]: `POST /v1/messages`; [`simulate`]: the CLI
 //!   that signs a sample webhook.
@@ -12,6 +13,7 @@ pub mod config;
 pub mod egress;
 pub mod ingress;
 pub mod operator;
+pub mod opt_out;
 pub mod rest;
 pub(crate) mod shared;
 pub mod simulate;
@@ -33,6 +35,7 @@ use config::{TwilioSettings, DEVELOPMENT_AUTH_TOKEN};
 use egress::{auto_join::AutoJoiner, sink::TwilioSink};
 use ingress::{signature::SignatureValidator, webhook::WebhookVerifier, IngressContext};
 use operator::OperatorContext;
+use opt_out::OptOuts;
 use shared::{Twilio, CONNECTOR};
 
 /// The connector as registered: its shared state, ingress context and sink.
@@ -80,12 +83,22 @@ impl TwilioConnector {
         )
         .persisting_in(context.settings.outbox_dir.join("pending-joins"));
         Self {
-            ingress: IngressContext::new(twilio.clone(), verifier, auto_joiner),
+            ingress: IngressContext::new(
+                twilio.clone(),
+                verifier,
+                auto_joiner,
+                context.ledger.clone(),
+                OptOuts::new(context.state.clone()),
+            ),
             operator: OperatorContext {
                 auth: context.operator_auth.clone(),
                 publisher: context.publisher.clone(),
             },
-            sink: Arc::new(TwilioSink::new(twilio.clone())),
+            sink: Arc::new(TwilioSink::new(
+                twilio.clone(),
+                context.ledger.clone(),
+                OptOuts::new(context.state.clone()),
+            )),
             twilio,
         }
     }

@@ -53,10 +53,14 @@ pub(super) struct Inner {
     pub(super) participants: HashMap<(String, String), String>,
     /// conversation as in the path → next message index.
     message_index: HashMap<String, i64>,
-    /// `I-Twilio-Idempotency-Token` replay switched off.
-    pub(super) no_idempotency: bool,
+    /// `I-Twilio-Idempotency-Token` replay switched on (Twilio has none: tests opt in).
+    pub(super) idempotency_replay: bool,
     /// Every Messages resource created, oldest first (what ListMessages lists).
     pub(super) messages: Vec<Value>,
+    /// Every conversation message created, oldest first (what ListConversationMessages lists).
+    pub(super) conversation_messages: Vec<Value>,
+    /// Media Content Service media: SID → content type.
+    pub(super) mcs_media: HashMap<String, String>,
 }
 
 /// A status, extra headers and a JSON body: what the server sends back.
@@ -88,7 +92,7 @@ impl Answer {
     }
 }
 
-pub(super) fn twilio_error(status: u16, code: u32, message: &str) -> Value {
+pub(crate) fn twilio_error(status: u16, code: u32, message: &str) -> Value {
     json!({
         "code": code,
         "message": message,
@@ -105,11 +109,16 @@ pub(super) fn answer_for(
     req: &RecordedRequest,
     reply: Reply,
 ) -> Answer {
-    if route == Route::ListMessages {
+    let list = match route {
+        Route::ListMessages => Some(list_messages as fn(&State, &RecordedRequest) -> Value),
+        Route::ListConversationMessages => Some(list_conversation_messages as _),
+        _ => None,
+    };
+    if let Some(list) = list {
         return match reply {
-            Reply::Success => Answer::json(200, list_messages(state, req)),
+            Reply::Success => Answer::json(200, list(state, req)),
             Reply::Status { status, .. } if (200..300).contains(&status) => {
-                Answer::json(status, list_messages(state, req))
+                Answer::json(status, list(state, req))
             }
             other => failure_answer(other),
         };
@@ -226,9 +235,9 @@ fn list_messages(state: &State, req: &RecordedRequest) -> Value {
         .filter(|m| req.query_param("To").is_none_or(|to| m["to"] == to))
         .filter(|m| req.query_param("From").is_none_or(|from| m["from"] == from))
         .filter(|m| {
+            // A queued message has no date_sent, so no DateSent filter lists it.
             let sent = m["date_sent"]
                 .as_str()
-                .or(m["date_created"].as_str())
                 .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok());
             let Some(sent) = sent else {
                 return after.is_none() && before.is_none() && on.is_none();
@@ -254,6 +263,44 @@ fn list_messages(state: &State, req: &RecordedRequest) -> Value {
     })
 }
 
+/// ListConversationMessage: the conversation's messages in `Order` (default `asc`), one page
+/// of `PageSize` (default 50).
+fn list_conversation_messages(state: &State, req: &RecordedRequest) -> Value {
+    let inner = state.lock();
+    let conversation = conversation_sid_for(
+        req.path_params
+            .get("ConversationSid")
+            .map_or("", String::as_str),
+    );
+    let page_size: usize = req
+        .query_param("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50);
+    let mut messages: Vec<Value> = inner
+        .conversation_messages
+        .iter()
+        .filter(|m| m["conversation_sid"] == conversation.as_str())
+        .cloned()
+        .collect();
+    if req.query_param("Order") == Some("desc") {
+        messages.reverse();
+    }
+    messages.truncate(page_size);
+    let url = format!("{}/Messages", conversation_resource_url(req, &conversation));
+    json!({
+        "messages": messages,
+        "meta": {
+            "page": 0,
+            "page_size": page_size,
+            "first_page_url": format!("{url}?PageSize={page_size}&Page=0"),
+            "previous_page_url": null,
+            "url": format!("{url}?PageSize={page_size}&Page=0"),
+            "next_page_url": null,
+            "key": "messages",
+        },
+    })
+}
+
 /// A successful create (or the replay of one for a repeated idempotency token).
 fn create(
     state: &State,
@@ -266,7 +313,7 @@ fn create(
     let key = req
         .idempotency_token
         .as_ref()
-        .filter(|_| !inner.no_idempotency)
+        .filter(|_| inner.idempotency_replay)
         .map(|t| (route, req.path.clone(), t.clone()));
     if let Some((status, body)) = key.as_ref().and_then(|k| inner.idempotent.get(k)) {
         return Answer::json(*status, body.clone());
@@ -308,11 +355,24 @@ fn create(
                 }
             }
         }
-        Route::ConversationMessages | Route::ListMessages => {}
+        Route::ConversationMessages => {
+            if req
+                .param("Body")
+                .is_some_and(|text| text.chars().count() > 1600)
+            {
+                return Answer::json(
+                    400,
+                    twilio_error(400, 50504, "Message body parameter is too long"),
+                );
+            }
+        }
+        Route::ListMessages | Route::ListConversationMessages => {}
     }
     let body = body.unwrap_or_else(|| success_body(state, &mut inner, route, req));
-    if route == Route::Messages {
-        inner.messages.push(body.clone());
+    match route {
+        Route::Messages => inner.messages.push(body.clone()),
+        Route::ConversationMessages => inner.conversation_messages.push(body.clone()),
+        _ => {}
     }
     if route == Route::ConversationParticipants {
         if let (Some(identity), Some(sid)) = (req.param("Identity"), body["sid"].as_str()) {
@@ -345,7 +405,14 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
                 .cloned()
                 .unwrap_or_default();
             let media = req.params_named("MediaUrl");
-            let media_count = media.iter().filter(|m| !m.is_empty()).count();
+            let mut media_count = media.iter().filter(|m| !m.is_empty()).count();
+            if req
+                .param("To")
+                .is_some_and(|to| to.starts_with("whatsapp:"))
+            {
+                // WhatsApp carries one media per message; Twilio drops the rest.
+                media_count = media_count.min(1);
+            }
             let sid = new_sid(if media_count > 0 { "MM" } else { "SM" });
             let uri = format!("/2010-04-01/Accounts/{account}/Messages/{sid}");
             let date = now.to_rfc2822();
@@ -471,7 +538,7 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
             merge(&mut body, fields);
             merge_chat_service(&mut body, req);
         }
-        Route::ListMessages => {}
+        Route::ListMessages | Route::ListConversationMessages => {}
     }
     Value::Object(body)
 }

@@ -19,10 +19,11 @@ use super::{
     status,
     webhook::FormParams,
 };
-use crate::{connectors::twilio::shared::CONNECTOR, error::ApiError};
+use crate::{
+    connectors::twilio::shared::{CONNECTOR, OWN_ORIGIN},
+    error::ApiError,
+};
 
-/// `Attributes.origin` egress may stamp on what it posts; such messages are never republished.
-pub const OWN_ORIGIN: &str = "ingress-egress";
 /// The `ignored_events_total{event_type}` label of the bot's own messages.
 pub const OWN_MESSAGE_LABEL: &str = "onMessageAdded.own";
 

@@ -135,6 +135,9 @@ pub async fn status_webhook(
             let value = part.parse::<u64>().map_or_else(|_| part.into(), Into::into);
             event.metadata.insert("part".to_owned(), value);
         }
+        if let Some(part_key) = status::query_param(req.query_string(), "partKey") {
+            status::complete_ledger(&twilio, &part_key, &event.message_sid).await;
+        }
         status::publish_status(&twilio, &event).await
     })
     .await
@@ -228,6 +231,7 @@ pub async fn sms_webhook(
     handle(&twilio, "sms", async {
         let params = twilio.verifier().form(&req, payload).await?;
         let envelope = sms::inbound_message_envelope(&params, Utc::now())?;
+        sms::remember_consent(&twilio, &params).await;
         publish_envelope(&twilio, &envelope).await
     })
     .await

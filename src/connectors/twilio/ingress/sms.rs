@@ -5,9 +5,12 @@ use serde::Serialize;
 use serde_json::Map;
 use utoipa::ToSchema;
 
-use super::{envelope::InboundChat, webhook::FormParams};
+use super::{context::IngressContext, envelope::InboundChat, webhook::FormParams};
 use crate::{
-    connectors::twilio::address::messaging_channel_type,
+    connectors::twilio::{
+        address::messaging_channel_type,
+        opt_out::{senders_reached, Keyword},
+    },
     envelope::{InternalEventV2, Media},
     error::ApiError,
 };
@@ -51,6 +54,26 @@ pub struct InboundSmsForm {
     pub profile_name: Option<String>,
     pub from_country: Option<String>,
     pub api_version: Option<String>,
+}
+
+/// An inbound STOP (or START) changes what egress may send to the sender: remember it for the
+/// number it reached and its Messaging Service. Best effort: Twilio enforces opt-outs anyway.
+pub(crate) async fn remember_consent(twilio: &IngressContext, params: &FormParams) {
+    let (Some(from), Some(to), Some(body)) = (
+        params.non_empty("From"),
+        params.non_empty("To"),
+        params.get("Body"),
+    ) else {
+        return;
+    };
+    let Some(keyword) = Keyword::of(body) else {
+        return;
+    };
+    let senders = senders_reached(to, params.non_empty("MessagingServiceSid"));
+    match twilio.opt_outs().apply(keyword, &senders, from).await {
+        Ok(()) => tracing::info!(?keyword, "recipient consent keyword remembered"),
+        Err(error) => tracing::warn!(%error, "consent keyword not remembered"),
+    }
 }
 
 /// Builds the envelope for an inbound message webhook.

@@ -35,6 +35,7 @@ pub struct TwilioRest {
     http: reqwest::Client,
     pub(super) api_base_url: Url,
     pub(super) conversations_base_url: Url,
+    pub(super) mcs_base_url: Url,
     /// `IS…`: scopes Conversations calls to this Conversation Service.
     pub(super) chat_service_sid: Option<String>,
     pub(super) account_sid: Option<String>,
@@ -75,6 +76,7 @@ impl TwilioRest {
             http,
             api_base_url: settings.api_base_url.clone(),
             conversations_base_url: settings.conversations_base_url.clone(),
+            mcs_base_url: settings.mcs_base_url.clone(),
             chat_service_sid: settings.chat_service_sid.clone(),
             account_sid: settings.account_sid.clone(),
             username,

@@ -9,6 +9,7 @@
 pub mod client;
 pub mod conversations;
 pub mod error;
+pub mod media;
 pub mod messages;
 
 pub use client::{idempotency_token, parse_retry_after, Created, TwilioRest};
