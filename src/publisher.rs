@@ -1,10 +1,11 @@
 //! Publishing with the delivery guarantees of the design: confirmed publish, falling back to the
-//! durable outbox when the broker is away or slow, and a short-lived dedupe cache for provider
-//! retries. Every connector publishes through [`EventPublisher`].
+//! durable outbox when the broker is away or slow, and a dedupe window (`DEDUPE_TTL_SECONDS`,
+//! 24 h by default) over message ids, so a provider's retry, or a captured request replayed
+//! within the window, is not published again. Every connector publishes through
+//! [`EventPublisher`].
 
 use std::{sync::Arc, time::Duration};
 
-use moka::sync::Cache;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -12,6 +13,7 @@ use crate::{
     bus::{Bus, BusMessage, PublishError},
     metrics::Metrics,
     outbox::{Outbox, OutboxError},
+    state::StateStore,
 };
 
 /// What happened to a message handed to [`EventPublisher`].
@@ -51,7 +53,9 @@ pub struct EventPublisher {
 struct Inner {
     bus: Bus,
     outbox: Outbox,
-    recently_accepted: Cache<String, ()>,
+    /// Message ids accepted within the dedupe window.
+    seen: Arc<dyn StateStore>,
+    dedupe_window: Duration,
     confirm_timeout: Duration,
     metrics: Metrics,
 }
@@ -60,7 +64,8 @@ impl EventPublisher {
     pub fn new(
         bus: Bus,
         outbox: Outbox,
-        dedupe_ttl: Duration,
+        seen: Arc<dyn StateStore>,
+        dedupe_window: Duration,
         confirm_timeout: Duration,
         metrics: Metrics,
     ) -> Self {
@@ -69,10 +74,8 @@ impl EventPublisher {
             inner: Arc::new(Inner {
                 bus,
                 outbox,
-                recently_accepted: Cache::builder()
-                    .max_capacity(100_000)
-                    .time_to_live(dedupe_ttl)
-                    .build(),
+                seen,
+                dedupe_window,
                 confirm_timeout,
                 metrics,
             }),
@@ -87,21 +90,29 @@ impl EventPublisher {
         &self.inner.outbox
     }
 
-    /// Publishes unless the same `message_id` was accepted within the dedupe window.
+    /// Publishes unless the same `message_id` was accepted within the dedupe window. When the
+    /// window cannot be consulted the message is published anyway (consumers dedupe on the
+    /// stable `message_id`): an accepted webhook is never refused for want of it.
     pub async fn publish_once(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
-        let entry = self
-            .inner
-            .recently_accepted
-            .entry(message.message_id.clone())
-            .or_insert(());
-        if !entry.is_fresh() {
+        let inner = &self.inner;
+        let key = format!("seen:{}", message.message_id);
+        let first = inner
+            .seen
+            .put_if_absent(&key, "1", inner.dedupe_window)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "dedupe window unavailable; publishing (possibly a duplicate)");
+                true
+            });
+        if !first {
             return Ok(Delivery::Duplicate);
         }
-        let message_id = entry.key().clone();
         let result = self.publish(message).await;
         if result.is_err() {
             // Not accepted: let the provider's retry through.
-            self.inner.recently_accepted.invalidate(&message_id);
+            if let Err(error) = inner.seen.remove(&key).await {
+                tracing::warn!(%error, "dedupe mark of a refused event not removed");
+            }
         }
         result
     }

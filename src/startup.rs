@@ -22,7 +22,7 @@ use crate::{
     outbox::Outbox,
     publisher::EventPublisher,
     routes,
-    state::file::FileStore,
+    state::{file::FileStore, memory::MemoryStore},
 };
 
 /// Builds a connector that is not in the registry (see [`Application::build_with_connectors`]).
@@ -78,6 +78,7 @@ impl Application {
         let publisher = EventPublisher::new(
             bus.clone(),
             outbox,
+            Arc::new(MemoryStore::bounded(settings.dedupe_capacity)),
             settings.dedupe_ttl,
             settings.bus.confirm_timeout,
             metrics.clone(),

@@ -39,6 +39,7 @@ pub struct RawSettings {
     outbox_dir: Option<String>,
     publish_confirm_timeout_ms: Option<String>,
     dedupe_ttl_seconds: Option<String>,
+    dedupe_capacity: Option<String>,
     max_body_bytes: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
@@ -84,7 +85,11 @@ pub struct Settings {
     pub public_base_url: Option<Url>,
     pub bus: BusSettings,
     pub outbox_dir: PathBuf,
+    /// How long a message id, once accepted, is not published again (provider retries and
+    /// replays of captured requests).
     pub dedupe_ttl: Duration,
+    /// How many accepted message ids are remembered in memory at most.
+    pub dedupe_capacity: u64,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -125,6 +130,7 @@ impl Settings {
     }
 
     pub fn from_environment(environment: Environment) -> Result<Self, ConfigError> {
+        environment.require_utf8::<RawSettings>("")?;
         let raw: RawSettings = envy::from_iter(environment.pairs())
             .map_err(|e| ConfigError::new("environment", format!("unreadable: {e}")))?;
         let app_env = match non_empty(raw.app_env).as_deref() {
@@ -243,8 +249,9 @@ impl Settings {
             dedupe_ttl: Duration::from_secs(parse_or(
                 "DEDUPE_TTL_SECONDS",
                 raw.dedupe_ttl_seconds,
-                300u64,
+                24 * 3600u64,
             )?),
+            dedupe_capacity: parse_or("DEDUPE_CAPACITY", raw.dedupe_capacity, 200_000u64)?,
             max_body_bytes: parse_or("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024usize)?,
             log_format,
             log_level,

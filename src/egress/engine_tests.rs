@@ -202,6 +202,7 @@ fn harness(limits: Limits) -> Harness {
     let publisher = EventPublisher::new(
         Bus::Memory(bus.clone()),
         Outbox::open(dir.path()).unwrap(),
+        Arc::new(MemoryStore::default()),
         Duration::from_secs(60),
         Duration::from_secs(1),
         metrics.clone(),

@@ -51,6 +51,7 @@ impl Consumer {
         let publisher = EventPublisher::new(
             bus.clone(),
             Outbox::open(outbox.path()).unwrap(),
+            Arc::new(ingress_egress::state::memory::MemoryStore::default()),
             settings.dedupe_ttl,
             settings.bus.confirm_timeout,
             metrics.clone(),

@@ -24,4 +24,5 @@ mod outbox;
 mod second_connector;
 mod signature_fixtures;
 mod sms_webhook;
+mod startup_errors;
 mod status_callbacks;

@@ -76,6 +76,7 @@ impl TwilioSettings {
         environment: &Environment,
         app_env: AppEnv,
     ) -> Result<Self, ConfigError> {
+        environment.require_utf8::<RawTwilio>("TWILIO_")?;
         let raw: RawTwilio = envy::prefixed("TWILIO_")
             .from_iter(environment.pairs())
             .map_err(|e| ConfigError::new("environment", format!("unreadable: {e}")))?;

@@ -486,6 +486,7 @@ mod tests {
         let publisher = EventPublisher::new(
             Bus::Memory(MemoryBus::new(String::new())),
             Outbox::open(dir.path()).unwrap(),
+            Arc::new(MemoryStore::default()),
             Duration::from_secs(1),
             Duration::from_secs(1),
             Metrics::new(),
