@@ -11,7 +11,7 @@
 //! - [`egress`]: the engine that delivers reply events through connectors' sinks, with its
 //!   send ledger; [`state`]: the key-value store such memory lives in.
 //! - [`routes`]: health, metrics and debug routes; [`app_state`], [`auth`], [`error`],
-//!   [`openapi`], [`readiness`], [`backoff`].
+//!   [`openapi`], [`readiness`], [`backoff`], [`client_limit`].
 //!
 //! Connectors: [`connectors`] (the trait and the registry); [`connectors::twilio`].
 
@@ -19,6 +19,7 @@ pub mod app_state;
 pub mod auth;
 pub mod backoff;
 pub mod bus;
+pub mod client_limit;
 pub mod configuration;
 pub mod connectors;
 pub mod egress;

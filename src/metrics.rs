@@ -16,9 +16,11 @@ pub struct Metrics {
     pub webhook_requests: IntCounterVec,
     /// Webhook latency by connector and route.
     pub webhook_duration: HistogramVec,
-    /// Publishes by topic and result (confirmed, failed).
+    /// Publishes by topic and result (confirmed, timed_out, failed).
     pub bus_publishes: IntCounterVec,
     pub bus_confirm_duration: Histogram,
+    /// Publishes the broker did not confirm in time (a stalled broker when they pile up).
+    pub bus_confirm_timeouts: IntCounter,
     pub outbox_depth: IntGauge,
     pub outbox_written: IntCounter,
     pub outbox_drained: IntCounter,
@@ -36,6 +38,8 @@ pub struct Metrics {
     pub egress_queue_depth: IntGauge,
     /// Webhook events acknowledged without publishing, by connector and event type.
     pub ignored_events: IntCounterVec,
+    /// Requests refused before any work, by reason (client_limit).
+    pub rejected_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -107,6 +111,10 @@ impl Metrics {
                 "Time from publish to broker confirm",
                 latency_buckets.clone(),
             ),
+            bus_confirm_timeouts: counter(
+                "bus_confirm_timeouts_total",
+                "Publishes the broker did not confirm within PUBLISH_CONFIRM_TIMEOUT_MS",
+            ),
             outbox_depth: gauge("outbox_depth", "Events waiting in the durable outbox"),
             outbox_written: counter(
                 "outbox_written_total",
@@ -148,6 +156,11 @@ impl Metrics {
                 "ignored_events_total",
                 "Webhook events acknowledged without publishing, by connector and event type",
                 &["connector", "event_type"],
+            ),
+            rejected_requests: counter_vec(
+                "rejected_requests_total",
+                "Requests refused before any work, by reason",
+                &["reason"],
             ),
             registry,
         }

@@ -4,7 +4,10 @@
 //! within the window, is not published again. Every connector publishes through
 //! [`EventPublisher`].
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -57,8 +60,20 @@ struct Inner {
     seen: Arc<dyn StateStore>,
     dedupe_window: Duration,
     confirm_timeout: Duration,
+    confirms: Mutex<ConfirmRecord>,
     metrics: Metrics,
 }
+
+/// When the broker last confirmed and last let a confirm time out.
+#[derive(Default)]
+struct ConfirmRecord {
+    last_confirmed: Option<Instant>,
+    last_timed_out: Option<Instant>,
+}
+
+/// A confirm timeout this recent, with no confirm since, means the broker is stalled (the
+/// connection is up but publishes go nowhere): not ready.
+const STALL_WINDOW: Duration = Duration::from_secs(30);
 
 impl EventPublisher {
     pub fn new(
@@ -77,6 +92,7 @@ impl EventPublisher {
                 seen,
                 dedupe_window,
                 confirm_timeout,
+                confirms: Mutex::default(),
                 metrics,
             }),
         }
@@ -88,6 +104,18 @@ impl EventPublisher {
 
     pub fn outbox(&self) -> &Outbox {
         &self.inner.outbox
+    }
+
+    /// The broker let a confirm time out recently and has confirmed nothing since: the
+    /// connection may look up, but what is published goes to the outbox.
+    pub fn confirms_stalled(&self) -> bool {
+        let record = self.inner.confirms.lock().expect("poisoned");
+        match record.last_timed_out {
+            Some(timed_out) if timed_out.elapsed() < STALL_WINDOW => record
+                .last_confirmed
+                .is_none_or(|confirmed| confirmed < timed_out),
+            _ => false,
+        }
     }
 
     /// Publishes unless the same `message_id` was accepted within the dedupe window. When the
@@ -152,12 +180,22 @@ impl EventPublisher {
         let inner = &self.inner;
         let timer = inner.metrics.bus_confirm_duration.start_timer();
         let result = inner.bus.publish(message, inner.confirm_timeout).await;
-        let outcome = if result.is_ok() {
-            timer.observe_duration();
-            "confirmed"
-        } else {
-            timer.stop_and_discard();
-            "failed"
+        let outcome = match &result {
+            Ok(()) => {
+                timer.observe_duration();
+                inner.confirms.lock().expect("poisoned").last_confirmed = Some(Instant::now());
+                "confirmed"
+            }
+            Err(PublishError::ConfirmTimeout(_)) => {
+                timer.stop_and_discard();
+                inner.confirms.lock().expect("poisoned").last_timed_out = Some(Instant::now());
+                inner.metrics.bus_confirm_timeouts.inc();
+                "timed_out"
+            }
+            Err(_) => {
+                timer.stop_and_discard();
+                "failed"
+            }
         };
         inner
             .metrics

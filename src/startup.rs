@@ -9,13 +9,16 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
+use actix_web::middleware::from_fn;
+
 use crate::{
     app_state::AppState,
     auth::BearerAuth,
     bus::Bus,
+    client_limit::{limit_per_client, ClientLimiter},
     configuration::Settings,
     connectors::{registry, Connector, ConnectorContext},
-    egress::{self, ledger::SendLedger, sink::EgressSink},
+    egress::{self, engine::EngineConfig, ledger::SendLedger, sink::EgressSink, EgressSetup},
     error::{json_config, ApiError},
     metrics::Metrics,
     openapi,
@@ -111,12 +114,18 @@ impl Application {
         } else {
             // Egress: bus → platforms, stopped by `shutdown` (see `crate::egress`).
             let (consuming, egress_task) = egress::start(
-                sinks,
+                EgressSetup {
+                    sinks,
+                    config: EngineConfig {
+                        max_parts: settings.egress_max_parts,
+                        ..EngineConfig::default()
+                    },
+                    publisher: publisher.clone(),
+                    ledger,
+                    metrics: metrics.clone(),
+                },
                 &bus,
                 &settings.bus,
-                publisher.clone(),
-                ledger,
-                metrics.clone(),
                 shutdown.clone(),
             );
             tasks.push(egress_task);
@@ -135,9 +144,16 @@ impl Application {
             debug_auth: BearerAuth::debug(&settings),
         });
 
+        let limiter = web::Data::new(ClientLimiter::new(
+            settings.max_requests_per_client,
+            settings.trust_forwarded_headers,
+            state.metrics.clone(),
+        ));
         let server = HttpServer::new(move || {
             let mut app = App::new()
+                .wrap(from_fn(limit_per_client))
                 .wrap(tracing_actix_web::TracingLogger::default())
+                .app_data(limiter.clone())
                 .app_data(state.clone())
                 .app_data(json_config())
                 .route("/healthz", web::get().to(routes::health::healthz))
@@ -164,6 +180,10 @@ impl Application {
                 HttpResponse::from_error(ApiError::NotFound)
             }))
         })
+        // A request head must arrive within 5 s (the body has its own deadline,
+        // BODY_READ_TIMEOUT_MS, in the routes that read one).
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(2))
         .listen(listener)?
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .run();

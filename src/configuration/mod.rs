@@ -40,6 +40,10 @@ pub struct RawSettings {
     publish_confirm_timeout_ms: Option<String>,
     dedupe_ttl_seconds: Option<String>,
     dedupe_capacity: Option<String>,
+    egress_max_parts: Option<String>,
+    trust_forwarded_headers: Option<String>,
+    body_read_timeout_ms: Option<String>,
+    max_requests_per_client: Option<String>,
     max_body_bytes: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
@@ -90,6 +94,15 @@ pub struct Settings {
     pub dedupe_ttl: Duration,
     /// How many accepted message ids are remembered in memory at most.
     pub dedupe_capacity: u64,
+    /// The most messages one egress event may become once its text is split.
+    pub egress_max_parts: usize,
+    /// `Forwarded` / `X-Forwarded-*` are set by a proxy we trust (and so may rebuild the
+    /// signed URL without `PUBLIC_BASE_URL`, and name the client); otherwise they are ignored.
+    pub trust_forwarded_headers: bool,
+    /// How long a request body may take to arrive (a slow sender holds a connection no longer).
+    pub body_read_timeout: Duration,
+    /// Requests one client may have in progress at once.
+    pub max_requests_per_client: usize,
     pub max_body_bytes: usize,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -252,6 +265,33 @@ impl Settings {
                 24 * 3600u64,
             )?),
             dedupe_capacity: parse_or("DEDUPE_CAPACITY", raw.dedupe_capacity, 200_000u64)?,
+            trust_forwarded_headers: parse::parse_bool(
+                "TRUST_FORWARDED_HEADERS",
+                non_empty(raw.trust_forwarded_headers).as_deref(),
+                false,
+            )?,
+            body_read_timeout: Duration::from_millis(parse_or(
+                "BODY_READ_TIMEOUT_MS",
+                raw.body_read_timeout_ms,
+                10_000u64,
+            )?),
+            max_requests_per_client: match parse_or(
+                "MAX_REQUESTS_PER_CLIENT",
+                raw.max_requests_per_client,
+                128usize,
+            )? {
+                0 => {
+                    return Err(ConfigError::new(
+                        "MAX_REQUESTS_PER_CLIENT",
+                        "must be at least 1",
+                    ))
+                }
+                limit => limit,
+            },
+            egress_max_parts: match parse_or("EGRESS_MAX_PARTS", raw.egress_max_parts, 10usize)? {
+                0 => return Err(ConfigError::new("EGRESS_MAX_PARTS", "must be at least 1")),
+                parts => parts,
+            },
             max_body_bytes: parse_or("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024usize)?,
             log_format,
             log_level,

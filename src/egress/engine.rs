@@ -29,11 +29,15 @@ use crate::{
     bus::delivery::Received, envelope::Media, metrics::Metrics, publisher::EventPublisher,
 };
 
-/// Backoff between attempts of one part (the attempt count is the sink's).
+/// Backoff between attempts of one part (the attempt count is the sink's), and the most parts
+/// one event may become.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// `EGRESS_MAX_PARTS`: longer texts are dead-lettered (`too_long`) rather than sent as
+    /// dozens of billed messages.
+    pub max_parts: usize,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +45,7 @@ impl Default for EngineConfig {
         Self {
             retry_base: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
+            max_parts: 10,
         }
     }
 }
@@ -195,6 +200,17 @@ impl Engine {
                 .map(|media| (None, media)),
         );
 
+        if parts.len() > self.config.max_parts {
+            let rejection = Rejection {
+                reason: "too_long",
+                detail: format!(
+                    "the event would be sent as {} messages; at most {} (EGRESS_MAX_PARTS) are allowed",
+                    parts.len(),
+                    self.config.max_parts
+                ),
+            };
+            return Err((parsed, rejection));
+        }
         let key = received.key();
         let count = parts.len();
         let parts = parts

@@ -228,6 +228,7 @@ fn harness(limits: Limits) -> Harness {
         EngineConfig {
             retry_base: limits.retry_base,
             retry_max: limits.retry_max,
+            max_parts: 5,
         },
         shutdown.clone(),
     );
@@ -538,4 +539,20 @@ fn without_a_message_id_the_body_identifies_the_event() {
     assert_eq!(event(b"a", Some("m1")).key(), event(b"b", Some("m1")).key());
     assert_eq!(event(b"a", Some(" ")).key(), event(b"a", None).key());
     assert_ne!(part_token("mid:m1", 0, 2), part_token("mid:m1", 1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_text_longer_than_the_part_limit_is_dead_lettered_without_sending() {
+    let h = harness(config());
+    // Six parts of whole sentences (the harness allows five).
+    let text = "Sentence number one is here. ".repeat(55 * 6);
+    h.engine.accept(incoming("+1555000001", &text)).await;
+    assert!(h.sink.log().is_empty(), "nothing billed");
+    let dead = published(&h.bus, "internal.deadletter.v1");
+    assert_eq!(dead[0]["reason"], "too_long");
+    let detail = dead[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("at most 5"), "{detail}");
+    let status = published(&h.bus, "internal.egress.status.v1");
+    assert_eq!(status[0]["status"], "dead_lettered");
+    assert_eq!(status[0]["reason"], "too_long");
 }

@@ -70,31 +70,37 @@ pub fn subscription_spec(settings: &BusSettings) -> SubscriptionSpec {
     }
 }
 
-/// Starts consuming egress events for `sinks` in the background. The flag is up while it
+/// What the egress engine works with.
+pub struct EgressSetup {
+    pub sinks: Vec<Arc<dyn EgressSink>>,
+    pub config: EngineConfig,
+    pub publisher: EventPublisher,
+    pub ledger: SendLedger,
+    pub metrics: Metrics,
+}
+
+/// Starts consuming egress events for the sinks in the background. The flag is up while it
 /// consumes; the task ends after `shutdown` once in-flight sends finished or were requeued.
 pub fn start(
-    sinks: Vec<Arc<dyn EgressSink>>,
+    setup: EgressSetup,
     bus: &Bus,
     bus_settings: &BusSettings,
-    publisher: EventPublisher,
-    ledger: SendLedger,
-    metrics: Metrics,
     shutdown: CancellationToken,
 ) -> (ReadyFlag, JoinHandle<()>) {
+    let EgressSetup {
+        sinks,
+        config,
+        publisher,
+        ledger,
+        metrics,
+    } = setup;
     let probe = SubscriptionProbe {
         consuming: ReadyFlag::default(),
         queue_depth: metrics.egress_queue_depth.clone(),
     };
     let consuming = probe.consuming.clone();
     let subscription = bus.subscribe(subscription_spec(bus_settings), probe);
-    let engine = Engine::new(
-        sinks,
-        publisher,
-        ledger,
-        metrics,
-        EngineConfig::default(),
-        shutdown.clone(),
-    );
+    let engine = Engine::new(sinks, publisher, ledger, metrics, config, shutdown.clone());
     let flag = consuming.clone();
     let task = tokio::spawn(async move {
         consumer::run(engine, subscription, shutdown).await;

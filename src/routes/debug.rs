@@ -33,6 +33,8 @@ pub async fn connector_snapshot(
     let egress = state.egress_consuming.as_ref().map(|f| f.get());
     let degraded_reason = if !state.bus.is_ready() {
         Some("broker not connected")
+    } else if state.publisher.confirms_stalled() {
+        Some("broker connected but not confirming publishes (stalled); events go to the outbox")
     } else if egress == Some(false) {
         Some("egress consumer not consuming")
     } else if state.publisher.outbox().depth() > 0 {
@@ -53,6 +55,7 @@ pub async fn connector_snapshot(
             "egressQueue": state.settings.bus.egress_queue,
             "busPrefix": state.settings.bus.prefix,
         },
+        "brokerConfirmTimeouts": state.metrics.bus_confirm_timeouts.get(),
         "egressConsumer": egress,
         "egressQueueDepth": state.metrics.egress_queue_depth.get(),
     });

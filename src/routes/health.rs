@@ -21,6 +21,10 @@ pub struct Readiness {
     /// Broker connection: `connected`, `connecting` or `embedded`.
     #[schema(example = "connected")]
     pub broker: String,
+    /// `ok`, or `timing_out` when the broker let a publish confirm time out recently and has
+    /// confirmed nothing since (connected but stalled: webhooks go to the outbox).
+    #[schema(example = "ok")]
+    pub broker_confirms: &'static str,
     /// Whether the egress consumer is consuming (absent when egress is not running).
     pub egress_consumer: Option<bool>,
     pub outbox_depth: usize,
@@ -40,15 +44,17 @@ pub async fn livez() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
 }
 
-/// Ready to take traffic: the broker connection is up and the egress consumer is consuming.
+/// Ready to take traffic: the broker connection is up and confirming publishes, and the egress
+/// consumer is consuming.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Broker or egress consumer down", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker_up = state.bus.is_ready();
+    let stalled = state.publisher.confirms_stalled();
     let egress_consumer = state.egress_consuming.as_ref().map(|flag| flag.get());
-    let ready = broker_up && egress_consumer.unwrap_or(true);
+    let ready = broker_up && !stalled && egress_consumer.unwrap_or(true);
     let broker = match state.bus.state() {
         crate::bus::BusState::Connected => "connected",
         crate::bus::BusState::Connecting { .. } => "connecting",
@@ -57,6 +63,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
         broker: broker.to_owned(),
+        broker_confirms: if stalled { "timing_out" } else { "ok" },
         egress_consumer,
         outbox_depth: state.publisher.outbox().depth(),
     };

@@ -13,7 +13,7 @@ use ingress_egress::{
         twilio::{config::TwilioSettings, TwilioConnector},
         Connector, ConnectorContext,
     },
-    egress::{self, ledger::SendLedger},
+    egress::{self, engine::EngineConfig, ledger::SendLedger, EgressSetup},
     metrics::Metrics,
     outbox::Outbox,
     publisher::EventPublisher,
@@ -72,12 +72,15 @@ impl Consumer {
             TwilioSettings::from_environment(&settings.environment, settings.app_env).unwrap();
         let connector = TwilioConnector::new(&context, twilio);
         let (ready, task) = egress::start(
-            connector.egress_sink().into_iter().collect(),
+            EgressSetup {
+                sinks: connector.egress_sink().into_iter().collect(),
+                config: EngineConfig::default(),
+                publisher,
+                ledger,
+                metrics,
+            },
             &bus,
             &settings.bus,
-            publisher,
-            ledger,
-            metrics,
             shutdown.clone(),
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

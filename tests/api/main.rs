@@ -2,9 +2,12 @@
 //! only at the HTTP boundary.
 
 pub mod fake_twilio;
+mod hardening;
 mod helpers;
 
 mod architecture;
+mod broker_proxy;
+mod broker_trouble;
 mod conversations;
 mod conversations_service;
 mod debug_snapshot;

@@ -2,79 +2,15 @@
 //! and published exactly once (by message_id), in order, when the broker comes back — also
 //! across a `kill -9` of the process.
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use ingress_egress::{connectors::twilio::ingress::signature::compute_signature, envelope::topics};
-use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
+    broker_proxy::BrokerProxy,
     helpers::{fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
     require_broker,
 };
-
-/// A TCP proxy in front of RabbitMQ that the test can start and cut.
-struct BrokerProxy {
-    port: u16,
-    accept_loop: Option<JoinHandle<()>>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl BrokerProxy {
-    /// Reserves a port with nothing listening on it yet.
-    fn unstarted() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self {
-            port,
-            accept_loop: None,
-            connections: Arc::default(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    async fn start(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("proxy port free");
-        let connections = self.connections.clone();
-        self.accept_loop = Some(tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let handle = tokio::spawn(async move {
-                    if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                    }
-                });
-                connections.lock().unwrap().push(handle);
-            }
-        }));
-    }
-
-    /// Stops listening and drops every proxied connection, as a broker crash would.
-    fn cut(&mut self) {
-        if let Some(accept_loop) = self.accept_loop.take() {
-            accept_loop.abort();
-        }
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-}
-
-impl Drop for BrokerProxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
 
 /// A signed inbound-SMS form for a fresh MessageSid.
 fn signed_sms(index: usize) -> (String, String, String) {

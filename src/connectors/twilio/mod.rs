@@ -18,7 +18,7 @@ pub mod rest;
 pub(crate) mod shared;
 pub mod simulate;
 
-use std::sync::Arc;
+use std::sync::{atomic::AtomicBool, Arc};
 
 use actix_web::web;
 use secrecy::SecretString;
@@ -56,6 +56,13 @@ impl TwilioConnector {
         if !settings.enabled {
             return Ok(None);
         }
+        if context.settings.public_base_url.is_none() {
+            tracing::warn!(
+                "PUBLIC_BASE_URL is not set: webhook signatures are checked against the Host the \
+                 request names (and X-Forwarded-* only with TRUST_FORWARDED_HEADERS=true). For \
+                 local use only; set it to the URL Twilio calls."
+            );
+        }
         if settings.using_development_token {
             tracing::warn!(
                 token = DEVELOPMENT_AUTH_TOKEN,
@@ -74,6 +81,9 @@ impl TwilioConnector {
             ),
             public_base_url: context.settings.public_base_url.clone(),
             max_body_bytes: context.settings.max_body_bytes,
+            body_read_timeout: context.settings.body_read_timeout,
+            trust_forwarded_headers: context.settings.trust_forwarded_headers,
+            warn_unconfigured_url: Arc::new(AtomicBool::new(true)),
         };
         let twilio = Twilio::new(settings, context.publisher.clone(), context.metrics.clone());
         let auto_joiner = AutoJoiner::new(
@@ -93,6 +103,7 @@ impl TwilioConnector {
             operator: OperatorContext {
                 auth: context.operator_auth.clone(),
                 publisher: context.publisher.clone(),
+                body_read_timeout: context.settings.body_read_timeout,
             },
             sink: Arc::new(TwilioSink::new(
                 twilio.clone(),

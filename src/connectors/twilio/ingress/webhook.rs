@@ -1,9 +1,23 @@
 //! Reading a Twilio webhook request safely: cheap checks first (size, content type, presence of
-//! a signature), then the capped body, then the signature over the rebuilt public URL. Nothing
-//! is parsed beyond the form encoding until the signature holds.
+//! a signature), then the capped body within a deadline, then the signature over the rebuilt
+//! public URL. Nothing is parsed beyond the form encoding until the signature holds.
+//!
+//! The signed URL is `PUBLIC_BASE_URL` + path and query. Without `PUBLIC_BASE_URL` it can only
+//! come from the request itself, which the client controls: the `Host` header, and the
+//! `Forwarded` / `X-Forwarded-*` headers only when `TRUST_FORWARDED_HEADERS` says a proxy we
+//! trust sets them. That is for local use (production requires `PUBLIC_BASE_URL`), and the
+//! first webhook says so in the log.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use actix_web::{
-    http::header::{CONTENT_LENGTH, CONTENT_TYPE},
+    http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST},
     web, HttpRequest,
 };
 use futures_util::StreamExt;
@@ -22,6 +36,12 @@ pub struct WebhookVerifier {
     pub validator: SignatureValidator,
     pub public_base_url: Option<Url>,
     pub max_body_bytes: usize,
+    /// How long the body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Rebuild the signed URL from `Forwarded` / `X-Forwarded-*` (without `PUBLIC_BASE_URL`).
+    pub trust_forwarded_headers: bool,
+    /// Set until the first webhook has been warned about a missing `PUBLIC_BASE_URL`.
+    pub warn_unconfigured_url: Arc<AtomicBool>,
 }
 
 /// Decoded form parameters in body order (names may repeat).
@@ -180,31 +200,54 @@ impl WebhookVerifier {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(1024)
             .min(limit);
-        let mut body = web::BytesMut::with_capacity(capacity);
-        while let Some(chunk) = payload.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
-            if body.len() + chunk.len() > limit {
-                return Err(ApiError::PayloadTooLarge { limit });
+        let read = async {
+            let mut body = web::BytesMut::with_capacity(capacity);
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
+            Ok(body.freeze())
+        };
+        // The signature covers the body, so nothing can be rejected before it has arrived:
+        // a deadline keeps a slow sender from holding the connection.
+        tokio::time::timeout(self.body_read_timeout, read)
+            .await
+            .map_err(|_| ApiError::RequestTimeout(self.body_read_timeout))?
     }
 
     /// The URL Twilio signed: `PUBLIC_BASE_URL` + the raw path and query, or, without it, the
-    /// scheme and host this request was addressed to (honouring `Forwarded`/`X-Forwarded-*`).
+    /// scheme and host this request was addressed to (see the module documentation).
     pub fn signed_url(&self, req: &HttpRequest) -> String {
         let path_and_query = req
             .uri()
             .path_and_query()
             .map_or_else(|| req.path(), |pq| pq.as_str());
-        match &self.public_base_url {
-            Some(base) => format!("{}{}", base.as_str().trim_end_matches('/'), path_and_query),
-            None => {
-                let info = req.connection_info();
-                format!("{}://{}{}", info.scheme(), info.host(), path_and_query)
-            }
+        if let Some(base) = &self.public_base_url {
+            return format!("{}{}", base.as_str().trim_end_matches('/'), path_and_query);
         }
+        if self.warn_unconfigured_url.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                trusted_forwarded_headers = self.trust_forwarded_headers,
+                "PUBLIC_BASE_URL is not set: webhook signatures are checked against the URL this \
+                 request names itself, which its sender controls. Set PUBLIC_BASE_URL to the URL \
+                 Twilio calls."
+            );
+        }
+        if self.trust_forwarded_headers {
+            let info = req.connection_info();
+            return format!("{}://{}{}", info.scheme(), info.host(), path_and_query);
+        }
+        let config = req.app_config();
+        let scheme = if config.secure() { "https" } else { "http" };
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| config.host());
+        format!("{scheme}://{host}{path_and_query}")
     }
 }
