@@ -9,18 +9,26 @@ use std::{
 };
 
 use ingress_egress::{connectors::twilio::ingress::signature::compute_signature, envelope::topics};
-use tokio::{net::TcpListener, task::JoinHandle};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+    sync::watch,
+    task::JoinHandle,
+};
 
 use crate::{
-    helpers::{fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
+    conversations::metric,
+    helpers::{fixture, fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
     require_broker,
 };
 
-/// A TCP proxy in front of RabbitMQ that the test can start and cut.
+/// A TCP proxy in front of RabbitMQ that the test can start, cut, and freeze (connections stay
+/// open but nothing moves, as with a broker that stalls).
 struct BrokerProxy {
     port: u16,
     accept_loop: Option<JoinHandle<()>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    frozen: watch::Sender<bool>,
 }
 
 impl BrokerProxy {
@@ -35,6 +43,7 @@ impl BrokerProxy {
             port,
             accept_loop: None,
             connections: Arc::default(),
+            frozen: watch::channel(false).0,
         }
     }
 
@@ -47,16 +56,32 @@ impl BrokerProxy {
             .await
             .expect("proxy port free");
         let connections = self.connections.clone();
+        let frozen = self.frozen.clone();
         self.accept_loop = Some(tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
+            while let Ok((client, _)) = listener.accept().await {
+                let frozen = frozen.clone();
                 let handle = tokio::spawn(async move {
-                    if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    if let Ok(broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                        let (client_in, client_out) = client.into_split();
+                        let (broker_in, broker_out) = broker.into_split();
+                        tokio::join!(
+                            pump(client_in, broker_out, frozen.subscribe()),
+                            pump(broker_in, client_out, frozen.subscribe()),
+                        );
                     }
                 });
                 connections.lock().unwrap().push(handle);
             }
         }));
+    }
+
+    /// Holds every byte in both directions until [`Self::thaw`]; connections stay open.
+    fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+
+    fn thaw(&self) {
+        self.frozen.send_replace(false);
     }
 
     /// Stops listening and drops every proxied connection, as a broker crash would.
@@ -66,6 +91,27 @@ impl BrokerProxy {
         }
         for connection in self.connections.lock().unwrap().drain(..) {
             connection.abort();
+        }
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while `frozen` (nothing read is dropped).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: watch::Receiver<bool>,
+) {
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if frozen.wait_for(|frozen| !*frozen).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
         }
     }
 }
@@ -305,4 +351,64 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     std::thread::spawn(move || crate::helpers::delete_broker_objects(&amqp, &exchange, &queue))
         .join()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_broker_cannot_hold_an_event_streams_batch_past_twilios_timeout() {
+    let amqp = require_broker!();
+    let mut proxy = BrokerProxy::unstarted();
+    proxy.start().await;
+    // A confirm wait of an hour: only the webhook's own deadline (Twilio waits 5 s for Event
+    // Streams) can end it in time.
+    let app = spawn_app_not_ready(
+        Some(&proxy.url()),
+        &[("PUBLISH_CONFIRM_TIMEOUT_MS", "3600000")],
+    )
+    .await;
+    app.wait_ready(Duration::from_secs(15)).await;
+    let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
+    let batch = fixture("es_batch_mixed");
+    let expected: BTreeSet<String> = {
+        let events: Vec<serde_json::Value> = serde_json::from_str(&batch.body).unwrap();
+        [
+            events[0]["data"]["messageSid"].as_str().unwrap(),
+            events[1]["data"]["MessageSid"].as_str().unwrap(),
+        ]
+        .into_iter()
+        .map(|sid| format!("twilio:{sid}"))
+        .collect()
+    };
+
+    proxy.freeze();
+    // Not a timing assertion: the guard only stops the test from hanging for the hour the
+    // confirm wait alone would take.
+    let response = tokio::time::timeout(Duration::from_secs(120), app.post_fixture(&batch))
+        .await
+        .expect("the batch is answered while the broker stalls");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        outbox_files(&app.outbox_dir),
+        2,
+        "both events wait in the outbox"
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "ingress_egress_webhook_requests_total",
+            &[("route", "event_streams"), ("outcome", "outboxed")]
+        )
+        .await,
+        1.0
+    );
+
+    // The broker recovers: both arrive. The publishes that were waiting for their confirm may
+    // arrive as well, with the same message_id (at least once, duplicates marked).
+    proxy.thaw();
+    let received = receive_ids(&mut tap, expected.len()).await;
+    assert_eq!(
+        received.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{received:?}"
+    );
+    assert!(received.len() <= 2 * expected.len(), "{received:?}");
 }

@@ -71,6 +71,7 @@ impl TwilioConnector {
             ),
             public_base_url: context.settings.public_base_url.clone(),
             max_body_bytes: context.settings.max_body_bytes,
+            max_json_body_bytes: settings.event_streams_max_body_bytes,
         };
         let twilio = Twilio::new(settings, context.publisher.clone(), context.metrics.clone());
         let auto_joiner = AutoJoiner::new(
