@@ -7,8 +7,8 @@
 #   docker run --rm -p 8080:8080 -e APP_ENV=development ingress-egress   # embedded bus, dev token
 #
 # The image defaults to APP_ENV=production, which refuses to start without AMQP_URL,
-# TWILIO_AUTH_TOKEN and TWILIO_ACCOUNT_SID: a forgotten variable fails loudly instead of
-# running a deployment with development shortcuts.
+# PUBLIC_BASE_URL, TWILIO_AUTH_TOKEN and TWILIO_ACCOUNT_SID: a forgotten variable fails loudly
+# instead of running a deployment with development shortcuts.
 #
 # The runtime honours PORT (Cloud Run sets it; default 8080) and keeps its outbox in
 # /var/lib/ingress-egress/outbox. HEALTHCHECK asks GET /healthz with bash's /dev/tcp, so the

@@ -175,6 +175,16 @@ impl Metrics {
         metric
     }
 
+    /// Registers a connector's own histogram (its name gets the service's namespace).
+    pub fn register_histogram(&self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+        let metric = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric");
+        self.registry
+            .register(Box::new(metric.clone()))
+            .expect("metric registered once");
+        metric
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

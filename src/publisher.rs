@@ -6,9 +6,10 @@
 
 use std::{
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -40,6 +41,10 @@ impl Delivery {
     }
 }
 
+/// Time kept before a caller's deadline for writing the outbox when the broker's confirm did not
+/// come: an fsynced write of one small file.
+const OUTBOX_RESERVE: Duration = Duration::from_millis(500);
+
 /// Neither the broker nor the outbox took the message: the caller must not acknowledge it.
 #[derive(Debug, thiserror::Error)]
 #[error("event could not be published ({publish}) nor stored ({store})")]
@@ -47,6 +52,17 @@ pub struct PublishFailed {
     pub publish: PublishError,
     pub store: OutboxError,
 }
+
+/// When the broker last confirmed and last let a confirm time out.
+#[derive(Default)]
+struct ConfirmRecord {
+    last_confirmed: Option<Instant>,
+    last_timed_out: Option<Instant>,
+}
+
+/// A confirm timeout this recent, with no confirm since, means the broker is stalled (the
+/// connection is up but publishes go nowhere): not ready.
+const STALL_WINDOW: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct EventPublisher {
@@ -63,17 +79,6 @@ struct Inner {
     confirms: Mutex<ConfirmRecord>,
     metrics: Metrics,
 }
-
-/// When the broker last confirmed and last let a confirm time out.
-#[derive(Default)]
-struct ConfirmRecord {
-    last_confirmed: Option<Instant>,
-    last_timed_out: Option<Instant>,
-}
-
-/// A confirm timeout this recent, with no confirm since, means the broker is stalled (the
-/// connection is up but publishes go nowhere): not ready.
-const STALL_WINDOW: Duration = Duration::from_secs(30);
 
 impl EventPublisher {
     pub fn new(
@@ -118,10 +123,34 @@ impl EventPublisher {
         }
     }
 
-    /// Publishes unless the same `message_id` was accepted within the dedupe window. When the
-    /// window cannot be consulted the message is published anyway (consumers dedupe on the
-    /// stable `message_id`): an accepted webhook is never refused for want of it.
+    /// Publishes unless the same `message_id` was accepted within the dedupe window.
     pub async fn publish_once(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
+        self.publish_once_waiting(message, self.inner.confirm_timeout)
+            .await
+    }
+
+    /// [`Self::publish_once`] for a caller that must be done by `deadline` (a webhook whose
+    /// sender gives up after a fixed time): the confirm wait is cut short so that the outbox
+    /// fallback still fits before it, and once the deadline is too near the message goes
+    /// straight to the outbox.
+    pub async fn publish_once_by(
+        &self,
+        message: BusMessage,
+        deadline: Instant,
+    ) -> Result<Delivery, PublishFailed> {
+        let wait = self.inner.confirm_timeout.min(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(OUTBOX_RESERVE),
+        );
+        self.publish_once_waiting(message, wait).await
+    }
+
+    async fn publish_once_waiting(
+        &self,
+        message: BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<Delivery, PublishFailed> {
         let inner = &self.inner;
         let key = format!("seen:{}", message.message_id);
         let first = inner
@@ -135,7 +164,7 @@ impl EventPublisher {
         if !first {
             return Ok(Delivery::Duplicate);
         }
-        let result = self.publish(message).await;
+        let result = self.publish_waiting(message, confirm_wait).await;
         if result.is_err() {
             // Not accepted: let the provider's retry through.
             if let Err(error) = inner.seen.remove(&key).await {
@@ -149,11 +178,23 @@ impl EventPublisher {
     ///
     /// While the outbox holds anything, new messages queue behind it so order is kept.
     pub async fn publish(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
+        self.publish_waiting(message, self.inner.confirm_timeout)
+            .await
+    }
+
+    /// [`Self::publish`], waiting at most `confirm_wait` for the broker (none: outbox at once).
+    async fn publish_waiting(
+        &self,
+        message: BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<Delivery, PublishFailed> {
         let inner = &self.inner;
         let publish_error = if inner.outbox.depth() > 0 {
             PublishError::NotConnected
+        } else if confirm_wait.is_zero() {
+            PublishError::ConfirmTimeout(confirm_wait)
         } else {
-            match self.publish_now(&message).await {
+            match self.publish_now(&message, confirm_wait).await {
                 Ok(()) => return Ok(Delivery::Published),
                 Err(error) => error,
             }
@@ -176,10 +217,14 @@ impl EventPublisher {
     }
 
     /// One confirmed publish attempt, measured.
-    async fn publish_now(&self, message: &BusMessage) -> Result<(), PublishError> {
+    async fn publish_now(
+        &self,
+        message: &BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<(), PublishError> {
         let inner = &self.inner;
         let timer = inner.metrics.bus_confirm_duration.start_timer();
-        let result = inner.bus.publish(message, inner.confirm_timeout).await;
+        let result = inner.bus.publish(message, confirm_wait).await;
         let outcome = match &result {
             Ok(()) => {
                 timer.observe_duration();
@@ -253,7 +298,7 @@ impl EventPublisher {
                     return Err(());
                 }
             };
-            if let Err(error) = self.publish_now(&message).await {
+            if let Err(error) = self.publish_now(&message, inner.confirm_timeout).await {
                 tracing::warn!(%error, depth = inner.outbox.depth(), "outbox drain paused");
                 return Err(());
             }

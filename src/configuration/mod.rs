@@ -86,6 +86,7 @@ pub struct Settings {
     pub app_env: AppEnv,
     pub port: u16,
     /// The exact scheme + host (+ optional port) providers call; used to rebuild signed URLs.
+    /// Required in production.
     pub public_base_url: Option<Url>,
     pub bus: BusSettings,
     pub outbox_dir: PathBuf,
@@ -250,6 +251,14 @@ impl Settings {
         let public_base_url = non_empty(raw.public_base_url)
             .map(|value| parse_base_url("PUBLIC_BASE_URL", &value))
             .transpose()?;
+        if public_base_url.is_none() && production {
+            // Without it the signed URL is rebuilt from the request's Host and Forwarded
+            // headers, which the caller chooses.
+            return Err(ConfigError::new(
+                "PUBLIC_BASE_URL",
+                "required when APP_ENV=production (signed webhook URLs are rebuilt from it, not from client-supplied headers)",
+            ));
+        }
 
         Ok(Settings {
             app_env,
@@ -352,6 +361,22 @@ mod tests {
     fn production_requires_a_broker() {
         let err = settings(&[("APP_ENV", "production")]).unwrap_err();
         assert_eq!(err.variable, "AMQP_URL");
+    }
+
+    #[test]
+    fn production_requires_the_public_base_url() {
+        let broker = ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let err = settings(&[("APP_ENV", "production"), broker]).unwrap_err();
+        assert_eq!(err.variable, "PUBLIC_BASE_URL");
+        assert!(!err.to_string().contains('\n'));
+        let s = settings(&[
+            ("APP_ENV", "production"),
+            broker,
+            ("PUBLIC_BASE_URL", "https://ingress.example.com"),
+        ])
+        .unwrap();
+        assert!(s.is_production());
+        assert!(settings(&[broker]).unwrap().public_base_url.is_none());
     }
 
     #[test]

@@ -689,3 +689,65 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
         .any(|v| v.contains("`Sender` is not defined for ListMessage")));
     assert_eq!(fake.requests_to(Route::ListMessages).len(), 5);
 }
+
+#[tokio::test]
+async fn fake_twilio_lists_seeded_media_spec_shaped() {
+    let fake = FakeTwilio::start(ACCOUNT, TOKEN).await;
+    let message = "MM0123456789abcdef0123456789abcdef";
+    let seeded = fake.seed_message_media(message, &["image/jpeg", "video/mp4"]);
+    let media_url = |message: &str| {
+        format!(
+            "{}/2010-04-01/Accounts/{ACCOUNT}/Messages/{message}/Media.json",
+            fake.base_url
+        )
+    };
+    let list = |url: String| async move {
+        let response = reqwest::Client::new()
+            .get(url)
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .query(&[("PageSize", "20")])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    let (status, page) = list(media_url(message)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(Route::ListMedia.success_status(), 200);
+    let problems = response_problems(Route::ListMedia, &page);
+    assert!(problems.is_empty(), "{problems:?}");
+    let listed = page["media_list"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["sid"], seeded[0]);
+    assert_eq!(listed[1]["content_type"], "video/mp4");
+    assert_eq!(listed[0]["parent_sid"], message);
+    assert_eq!(
+        listed[0]["uri"],
+        format!(
+            "/2010-04-01/Accounts/{ACCOUNT}/Messages/{message}/Media/{}.json",
+            seeded[0]
+        )
+    );
+
+    // A message without seeded media is unknown to the fake, as it would be to Twilio.
+    let (status, body) = list(media_url("SM0123456789abcdef0123456789abcdef")).await;
+    assert_eq!(status, 404);
+    assert_twilio_error_shape(&body, 404, 20404);
+    fake.assert_no_violations();
+
+    // A conversation message SID is not a Messaging SID: the path breaks the document.
+    let (status, _) = list(media_url("IM0123456789abcdef0123456789abcdef")).await;
+    assert_eq!(status, 400);
+    assert!(fake
+        .violations()
+        .iter()
+        .any(|v| v.contains("path parameter `MessageSid`")));
+
+    fake.enqueue(Route::ListMedia, Reply::status(503));
+    let (status, body) = list(media_url(message)).await;
+    assert_eq!(status, 503);
+    assert_twilio_error_shape(&body, 503, 20503);
+    assert_eq!(fake.requests_to(Route::ListMedia).len(), 4);
+}

@@ -232,16 +232,25 @@ impl TestApp {
             .expect("the OpenAPI document is JSON")
     }
 
-    /// Posts a fixture exactly as Twilio sent it.
+    /// Sends a fixture exactly as Twilio sent it: its method (POST, or GET for a webhook
+    /// configured with GET), path and query, headers and body.
     pub async fn post_fixture(&self, fixture: &Fixture) -> reqwest::Response {
-        self.client
-            .post(format!("{}{}", self.address, fixture.path_and_query))
-            .header("Content-Type", &fixture.content_type)
-            .header("X-Twilio-Signature", &fixture.signature)
-            .body(fixture.body.clone())
-            .send()
-            .await
-            .expect("request sent")
+        let method =
+            reqwest::Method::from_bytes(fixture.method.as_bytes()).expect("an HTTP method");
+        let mut request = self
+            .client
+            .request(
+                method,
+                format!("{}{}", self.address, fixture.path_and_query),
+            )
+            .header("X-Twilio-Signature", &fixture.signature);
+        if !fixture.content_type.is_empty() {
+            request = request.header("Content-Type", &fixture.content_type);
+        }
+        if !fixture.body.is_empty() {
+            request = request.body(fixture.body.clone());
+        }
+        request.send().await.expect("request sent")
     }
 
     /// POSTs form `params` to `path_and_query`, signed with the fixtures' primary auth token
@@ -341,15 +350,26 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 #[serde(rename_all = "camelCase")]
 pub struct Fixture {
     pub name: String,
+    /// `POST`, or `GET` for a webhook configured with GET (its parameters are in the query).
+    pub method: String,
     pub signed_url: String,
     pub public_base_url: String,
     pub path_and_query: String,
     pub content_type: String,
     pub body: String,
+    /// Decoded form pairs: of the body, or of the query for a GET form webhook.
     pub params: Vec<(String, String)>,
     pub signature: String,
     pub signed_with: String,
     pub expect_valid: bool,
+}
+
+impl Fixture {
+    /// A webhook configured with GET whose parameters travel in the query string (signed as
+    /// part of the URL, with no body parameters).
+    pub fn is_get_form(&self) -> bool {
+        self.method == "GET" && self.content_type != "application/json"
+    }
 }
 
 #[derive(Deserialize, Clone, Debug)]

@@ -8,7 +8,8 @@ use ingress_egress::{connectors::twilio::ingress::signature::compute_signature, 
 
 use crate::{
     broker_proxy::BrokerProxy,
-    helpers::{fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
+    conversations::metric,
+    helpers::{fixture, fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
     require_broker,
 };
 
@@ -241,4 +242,64 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     std::thread::spawn(move || crate::helpers::delete_broker_objects(&amqp, &exchange, &queue))
         .join()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_broker_cannot_hold_an_event_streams_batch_past_twilios_timeout() {
+    let amqp = require_broker!();
+    let mut proxy = BrokerProxy::unstarted();
+    proxy.start().await;
+    // A confirm wait of an hour: only the webhook's own deadline (Twilio waits 5 s for Event
+    // Streams) can end it in time.
+    let app = spawn_app_not_ready(
+        Some(&proxy.url()),
+        &[("PUBLISH_CONFIRM_TIMEOUT_MS", "3600000")],
+    )
+    .await;
+    app.wait_ready(Duration::from_secs(15)).await;
+    let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
+    let batch = fixture("es_batch_mixed");
+    let expected: BTreeSet<String> = {
+        let events: Vec<serde_json::Value> = serde_json::from_str(&batch.body).unwrap();
+        [
+            events[0]["data"]["messageSid"].as_str().unwrap(),
+            events[1]["data"]["MessageSid"].as_str().unwrap(),
+        ]
+        .into_iter()
+        .map(|sid| format!("twilio:{sid}"))
+        .collect()
+    };
+
+    proxy.stall();
+    // Not a timing assertion: the guard only stops the test from hanging for the hour the
+    // confirm wait alone would take.
+    let response = tokio::time::timeout(Duration::from_secs(120), app.post_fixture(&batch))
+        .await
+        .expect("the batch is answered while the broker stalls");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        outbox_files(&app.outbox_dir),
+        2,
+        "both events wait in the outbox"
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "ingress_egress_webhook_requests_total",
+            &[("route", "event_streams"), ("outcome", "outboxed")]
+        )
+        .await,
+        1.0
+    );
+
+    // The broker recovers: both arrive. The publishes that were waiting for their confirm may
+    // arrive as well, with the same message_id (at least once, duplicates marked).
+    proxy.resume();
+    let received = receive_ids(&mut tap, expected.len()).await;
+    assert_eq!(
+        received.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{received:?}"
+    );
+    assert!(received.len() <= 2 * expected.len(), "{received:?}");
 }

@@ -18,6 +18,9 @@ use crate::configuration::{
 /// signed with it proves nothing: start-up says so loudly.
 pub const DEVELOPMENT_AUTH_TOKEN: &str = "dev-only-insecure-token-do-not-use-in-production";
 
+/// `TWILIO_EVENT_STREAMS_MAX_BODY_BYTES` when unset: 1 MiB.
+pub const DEFAULT_EVENT_STREAMS_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Every `TWILIO_*` variable the connector reads (without the prefix, lower case, as envy
 /// names them).
 #[derive(Deserialize, Default)]
@@ -40,6 +43,7 @@ pub struct RawTwilio {
     max_send_rate: Option<String>,
     max_send_attempts: Option<String>,
     request_timeout_ms: Option<String>,
+    event_streams_max_body_bytes: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -68,6 +72,9 @@ pub struct TwilioSettings {
     pub max_send_rate: f64,
     pub max_send_attempts: u32,
     pub request_timeout: Duration,
+    /// Body cap of the Event Streams webhook: its batches outgrow the form webhooks' cap, and
+    /// a 4xx answer makes Twilio discard the whole batch.
+    pub event_streams_max_body_bytes: usize,
 }
 
 impl TwilioSettings {
@@ -158,6 +165,18 @@ impl TwilioSettings {
             ));
         }
 
+        let event_streams_max_body_bytes: usize = parse_or(
+            "TWILIO_EVENT_STREAMS_MAX_BODY_BYTES",
+            raw.event_streams_max_body_bytes,
+            DEFAULT_EVENT_STREAMS_MAX_BODY_BYTES,
+        )?;
+        if event_streams_max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "TWILIO_EVENT_STREAMS_MAX_BODY_BYTES",
+                "must be at least 1",
+            ));
+        }
+
         Ok(TwilioSettings {
             enabled,
             account_sid,
@@ -204,6 +223,7 @@ impl TwilioSettings {
                 raw.request_timeout_ms,
                 10_000u64,
             )?),
+            event_streams_max_body_bytes,
         })
     }
 
@@ -241,6 +261,7 @@ mod tests {
         assert!(s.using_development_token);
         assert_eq!(s.api_base_url.as_str(), "https://api.twilio.com/");
         assert_eq!(s.max_send_rate, 1.0);
+        assert_eq!(s.event_streams_max_body_bytes, 1024 * 1024);
     }
 
     #[test]
@@ -257,6 +278,10 @@ mod tests {
         assert_eq!(err.variable, "TWILIO_API_SECRET");
         let err = settings(&[("TWILIO_PHONE_NUMBER", "5550100")]).unwrap_err();
         assert_eq!(err.variable, "TWILIO_PHONE_NUMBER");
+        for bad in ["0", "a lot"] {
+            let err = settings(&[("TWILIO_EVENT_STREAMS_MAX_BODY_BYTES", bad)]).unwrap_err();
+            assert_eq!(err.variable, "TWILIO_EVENT_STREAMS_MAX_BODY_BYTES");
+        }
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl TwilioConnector {
             ),
             public_base_url: context.settings.public_base_url.clone(),
             max_body_bytes: context.settings.max_body_bytes,
+            max_json_body_bytes: settings.event_streams_max_body_bytes,
             body_read_timeout: context.settings.body_read_timeout,
             trust_forwarded_headers: context.settings.trust_forwarded_headers,
             warn_unconfigured_url: Arc::new(AtomicBool::new(true)),

@@ -61,6 +61,8 @@ pub(super) struct Inner {
     pub(super) conversation_messages: Vec<Value>,
     /// Media Content Service media: SID → content type.
     pub(super) mcs_media: HashMap<String, String>,
+    /// Message SID → its Media resources (what ListMedia lists).
+    pub(super) media: HashMap<String, Vec<Value>>,
 }
 
 /// A status, extra headers and a JSON body: what the server sends back.
@@ -120,6 +122,13 @@ pub(super) fn answer_for(
             Reply::Status { status, .. } if (200..300).contains(&status) => {
                 Answer::json(status, list(state, req))
             }
+            other => failure_answer(other),
+        };
+    }
+    if route == Route::ListMedia {
+        return match reply {
+            Reply::Success => list_media(state, req),
+            Reply::Status { status, .. } if (200..300).contains(&status) => list_media(state, req),
             other => failure_answer(other),
         };
     }
@@ -249,9 +258,19 @@ fn list_messages(state: &State, req: &RecordedRequest) -> Value {
         .take(page_size)
         .cloned()
         .collect();
-    let uri = format!("/2010-04-01/Accounts/{account}/Messages.json?PageSize={page_size}&Page=0");
-    json!({
-        "end": messages.len().saturating_sub(1),
+    first_page(
+        &format!("/2010-04-01/Accounts/{account}/Messages.json"),
+        page_size,
+        "messages",
+        messages,
+    )
+}
+
+/// The only page of a v2010 list at `path`: Twilio's paging fields, the items under `key`.
+fn first_page(path: &str, page_size: usize, key: &str, items: Vec<Value>) -> Value {
+    let uri = format!("{path}?PageSize={page_size}&Page=0");
+    let mut page = json!({
+        "end": items.len().saturating_sub(1),
         "first_page_uri": uri,
         "next_page_uri": null,
         "page": 0,
@@ -259,8 +278,41 @@ fn list_messages(state: &State, req: &RecordedRequest) -> Value {
         "previous_page_uri": null,
         "start": 0,
         "uri": uri,
-        "messages": messages,
-    })
+    });
+    page[key] = Value::Array(items);
+    page
+}
+
+/// ListMedia: the media seeded for the path's message, one page of `PageSize` (default 50);
+/// 404 (error 20404) for a message nothing was seeded for or another account's path.
+fn list_media(state: &State, req: &RecordedRequest) -> Answer {
+    let inner = state.lock();
+    let path_param = |name: &str| req.path_params.get(name).cloned().unwrap_or_default();
+    let (account, message) = (path_param("AccountSid"), path_param("MessageSid"));
+    let Some(media) = inner
+        .media
+        .get(&message)
+        .filter(|_| account == state.account_sid)
+    else {
+        return Answer::json(
+            404,
+            twilio_error(404, 20404, "The requested resource was not found"),
+        );
+    };
+    let page_size: usize = req
+        .query_param("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50);
+    let items = media.iter().take(page_size).cloned().collect();
+    Answer::json(
+        200,
+        first_page(
+            &format!("/2010-04-01/Accounts/{account}/Messages/{message}/Media.json"),
+            page_size,
+            "media_list",
+            items,
+        ),
+    )
 }
 
 /// ListConversationMessage: the conversation's messages in `Order` (default `asc`), one page
@@ -366,7 +418,7 @@ fn create(
                 );
             }
         }
-        Route::ListMessages | Route::ListConversationMessages => {}
+        Route::ListMessages | Route::ListConversationMessages | Route::ListMedia => {}
     }
     let body = body.unwrap_or_else(|| success_body(state, &mut inner, route, req));
     match route {
@@ -538,7 +590,7 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
             merge(&mut body, fields);
             merge_chat_service(&mut body, req);
         }
-        Route::ListMessages | Route::ListConversationMessages => {}
+        Route::ListMessages | Route::ListConversationMessages | Route::ListMedia => {}
     }
     Value::Object(body)
 }

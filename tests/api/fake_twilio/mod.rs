@@ -37,6 +37,9 @@
 //! Twilio's do while queued, and a `DateSent` filter does not list them), one page of
 //! `PageSize`. [`Route::ListConversationMessages`] lists a conversation's messages (with their
 //! `attributes`) in `Order`, one page of `PageSize`.
+//! [`Route::ListMedia`] (`GET …/Messages/{MessageSid}/Media.json`) lists the media seeded with
+//! [`FakeTwilio::seed_message_media`] as spec-shaped Media resources; a message nothing was
+//! seeded for answers 404 with Twilio's error 20404.
 //!
 //! The fake is split by concern: `spec` reads the documents (operations, `$ref`s, response
 //! schemas), `validate` checks a request against its operation, `emulation` holds what the
@@ -84,15 +87,19 @@ pub enum Route {
     /// `GET /v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages`
     /// (ListServiceConversationMessage).
     ListConversationMessages,
+    /// `GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media.json` (ListMedia,
+    /// v2010 document).
+    ListMedia,
 }
 
 impl Route {
-    pub const ALL: [Route; 5] = [
+    pub const ALL: [Route; 6] = [
         Route::Messages,
         Route::ConversationMessages,
         Route::ConversationParticipants,
         Route::ListMessages,
         Route::ListConversationMessages,
+        Route::ListMedia,
     ];
 
     /// The path template exactly as written in the OpenAPI document (for the Conversations
@@ -101,6 +108,9 @@ impl Route {
         match self {
             Route::Messages | Route::ListMessages => {
                 "/2010-04-01/Accounts/{AccountSid}/Messages.json"
+            }
+            Route::ListMedia => {
+                "/2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media.json"
             }
             Route::ConversationMessages | Route::ListConversationMessages => {
                 "/v1/Conversations/{ConversationSid}/Messages"
@@ -112,7 +122,7 @@ impl Route {
     /// The service-scoped path template of a Conversations route, as written in the document.
     pub fn service_path_template(self) -> Option<&'static str> {
         match self {
-            Route::Messages | Route::ListMessages => None,
+            Route::Messages | Route::ListMessages | Route::ListMedia => None,
             Route::ConversationMessages | Route::ListConversationMessages => {
                 Some("/v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages")
             }
@@ -130,14 +140,14 @@ impl Route {
 
     pub fn method(self) -> &'static str {
         match self {
-            Route::ListMessages | Route::ListConversationMessages => "GET",
+            Route::ListMessages | Route::ListConversationMessages | Route::ListMedia => "GET",
             _ => "POST",
         }
     }
 
     pub fn document(self) -> SpecDocument {
         match self {
-            Route::Messages | Route::ListMessages => SpecDocument::ApiV2010,
+            Route::Messages | Route::ListMessages | Route::ListMedia => SpecDocument::ApiV2010,
             Route::ConversationMessages
             | Route::ConversationParticipants
             | Route::ListConversationMessages => SpecDocument::ConversationsV1,
@@ -165,7 +175,7 @@ impl Route {
     }
 
     /// The success status code the document declares for the operation (201 for creates, 200
-    /// for the list).
+    /// for the lists).
     pub fn success_status(self) -> u16 {
         success_response(self, self.path_template()).0
     }
@@ -430,6 +440,31 @@ impl FakeTwilio {
     /// else a stable SID derived from it. (Messages resources use the path's `AccountSid`.)
     pub fn account_sid(&self) -> String {
         self.state.account_sid.clone()
+    }
+
+    /// Gives message `message_sid` (`SM…`/`MM…`, as received) one media item per content type,
+    /// listed by [`Route::ListMedia`] in this order. Returns their `ME…` SIDs.
+    pub fn seed_message_media(&self, message_sid: &str, content_types: &[&str]) -> Vec<String> {
+        let account = self.state.account_sid.clone();
+        let date = chrono::Utc::now().to_rfc2822();
+        let mut inner = self.state.lock();
+        let media = inner.media.entry(message_sid.to_owned()).or_default();
+        content_types
+            .iter()
+            .map(|content_type| {
+                let sid = new_sid("ME");
+                media.push(serde_json::json!({
+                    "account_sid": account,
+                    "content_type": content_type,
+                    "date_created": date,
+                    "date_updated": date,
+                    "parent_sid": message_sid,
+                    "sid": sid,
+                    "uri": format!("/2010-04-01/Accounts/{account}/Messages/{message_sid}/Media/{sid}.json"),
+                }));
+                sid
+            })
+            .collect()
     }
 
     /// Makes `identity` an existing participant of `conversation` (SID or unique name, as used

@@ -1,8 +1,10 @@
 //! What every Twilio webhook handler gets: the connector's shared state, the request verifier,
-//! the auto-joiner Conversations events drive, the send ledger status callbacks complete, and
-//! the opt-out memory inbound keywords update.
+//! the auto-joiner Conversations events drive, the send ledger status callbacks complete, the
+//! opt-out memory inbound keywords update, and the ingress wing's own metrics.
 
 use std::ops::Deref;
+
+use prometheus::{Histogram, IntCounterVec};
 
 use super::webhook::WebhookVerifier;
 use crate::{
@@ -17,6 +19,8 @@ pub struct IngressContext {
     auto_joiner: AutoJoiner,
     ledger: SendLedger,
     opt_outs: OptOuts,
+    event_streams_concurrency: Histogram,
+    media_lookups: IntCounterVec,
 }
 
 impl IngressContext {
@@ -27,13 +31,36 @@ impl IngressContext {
         ledger: SendLedger,
         opt_outs: OptOuts,
     ) -> Self {
+        let metrics = twilio.metrics();
+        let event_streams_concurrency = metrics.register_histogram(
+            "twilio_event_streams_batch_concurrency",
+            "Most events of one Twilio Event Streams batch in progress at once",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
+        );
+        let media_lookups = metrics.register_counter_vec(
+            "twilio_media_lookups_total",
+            "REST lookups of the media of an MMS that arrived without media URLs, by outcome \
+             (listed, retry, unavailable)",
+            &["outcome"],
+        );
         Self {
             twilio,
             verifier,
             auto_joiner,
             ledger,
             opt_outs,
+            event_streams_concurrency,
+            media_lookups,
         }
+    }
+
+    pub fn verifier(&self) -> &WebhookVerifier {
+        &self.verifier
+    }
+
+    /// Adds the bot to Conversations it is not part of yet.
+    pub fn auto_joiner(&self) -> &AutoJoiner {
+        &self.auto_joiner
     }
 
     pub fn ledger(&self) -> &SendLedger {
@@ -44,13 +71,14 @@ impl IngressContext {
         &self.opt_outs
     }
 
-    pub fn verifier(&self) -> &WebhookVerifier {
-        &self.verifier
+    /// The most events of one Event Streams batch in progress at once, per batch.
+    pub fn event_streams_concurrency(&self) -> &Histogram {
+        &self.event_streams_concurrency
     }
 
-    /// Adds the bot to Conversations it is not part of yet.
-    pub fn auto_joiner(&self) -> &AutoJoiner {
-        &self.auto_joiner
+    /// Media list lookups by outcome.
+    pub fn media_lookups(&self) -> &IntCounterVec {
+        &self.media_lookups
     }
 }
 

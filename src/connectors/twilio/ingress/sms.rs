@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Map;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{context::IngressContext, envelope::InboundChat, webhook::FormParams};
 use crate::{
@@ -16,11 +16,12 @@ use crate::{
 };
 
 /// The most media Twilio attaches to one message.
-const MAX_MEDIA: usize = 10;
+pub(crate) const MAX_MEDIA: usize = 10;
 
 /// The fields Twilio posts for an incoming message (documentation of the form; the handler
 /// reads the parameters directly so unknown fields are kept in `rawPlatformPayload`).
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "PascalCase")]
 #[schema(example = json!({
     "MessageSid": "SM0123456789abcdef0123456789abcdef",

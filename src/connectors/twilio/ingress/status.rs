@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::{
     context::IngressContext,
+    deadline::Deadline,
     publish::{publish_once, WebhookOutcome},
     webhook::FormParams,
 };
@@ -266,6 +267,7 @@ pub fn from_conversation_delivery(
 pub(crate) async fn publish_status(
     twilio: &IngressContext,
     event: &MessageStatusEvent,
+    deadline: Deadline,
 ) -> Result<WebhookOutcome, ApiError> {
     let message_id = event.dedupe_id();
     let correlation_id = event.correlation_id.clone().unwrap_or_else(|| {
@@ -280,7 +282,7 @@ pub(crate) async fn publish_status(
         event,
     )
     .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
-    let delivery = publish_once(twilio, message).await?;
+    let delivery = publish_once(twilio, message, deadline).await?;
     tracing::info!(
         message_sid = %event.message_sid,
         status = %event.status,
