@@ -6,12 +6,14 @@ use std::{sync::Arc, time::Duration};
 
 use moka::sync::Cache;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     backoff::Backoff,
     bus::{Bus, BusMessage, PublishError},
     metrics::Metrics,
     outbox::{Outbox, OutboxError},
+    telemetry::trace_context::current_traceparent,
 };
 
 /// What happened to a message handed to [`EventPublisher`].
@@ -108,8 +110,33 @@ impl EventPublisher {
 
     /// Publishes with confirm; on failure or timeout stores the message in the outbox.
     ///
-    /// While the outbox holds anything, new messages queue behind it so order is kept.
-    pub async fn publish(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
+    /// While the outbox holds anything, new messages queue behind it so order is kept. The
+    /// publish is a span of the current trace, and the message carries that span as its
+    /// `traceparent` (unless it already names one), so its consumers continue the trace.
+    pub async fn publish(&self, mut message: BusMessage) -> Result<Delivery, PublishFailed> {
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            otel.name = %format!("publish {}", message.topic),
+            messaging.destination.name = %message.topic,
+            messaging.message.id = %message.message_id,
+            delivery = tracing::field::Empty,
+        );
+        async move {
+            if message.trace_parent.is_none() {
+                message.trace_parent = current_traceparent();
+            }
+            let result = self.publish_traced(message).await;
+            if let Ok(delivery) = &result {
+                tracing::Span::current().record("delivery", delivery.as_str());
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn publish_traced(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
         let inner = &self.inner;
         let publish_error = if inner.outbox.depth() > 0 {
             PublishError::NotConnected

@@ -22,6 +22,7 @@ use crate::{
     outbox::Outbox,
     publisher::EventPublisher,
     routes,
+    telemetry::request_span::RequestSpan,
 };
 
 /// Builds a connector that is not in the registry (see [`Application::build_with_connectors`]).
@@ -125,7 +126,7 @@ impl Application {
 
         let server = HttpServer::new(move || {
             let mut app = App::new()
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new())
                 .app_data(state.clone())
                 .app_data(json_config())
                 .route("/healthz", web::get().to(routes::health::healthz))
@@ -140,6 +141,7 @@ impl Application {
                     routes::debug::SNAPSHOT_ROUTE,
                     web::get().to(routes::debug::connector_snapshot),
                 )
+                .configure(routes::event_contract::configure)
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .url("/api-docs/openapi.json", api_doc.clone()),

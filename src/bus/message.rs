@@ -23,6 +23,10 @@ pub struct BusMessage {
     /// CloudEvents `source`.
     pub source: String,
     pub timestamp: DateTime<Utc>,
+    /// W3C `traceparent` of the span that published it (the `traceparent` AMQP header); the
+    /// publisher fills it in. Outbox entries written before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
     /// JSON body.
     pub body: String,
 }
@@ -44,6 +48,7 @@ impl BusMessage {
             kind: kind.to_owned(),
             source: source.to_owned(),
             timestamp: Utc::now(),
+            trace_parent: None,
             body: serde_json::to_string(body)?,
         })
     }

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use super::{
     engine::{Engine, Plan},
     events::{Outcome, PartReport},
@@ -26,11 +28,17 @@ impl Engine {
             let mut attempts = 0;
             let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
             loop {
+                let waited = self
+                    .metrics
+                    .egress_rate_limit_wait
+                    .with_label_values(&[connector])
+                    .start_timer();
                 tokio::select! {
                     biased;
                     _ = self.shutdown.cancelled() => return self.requeue(&received, "shutting down").await,
                     _ = route.limiter.acquire(&plan.sender_key) => {}
                 }
+                waited.observe_duration();
                 attempts += 1;
                 total_attempts += 1;
                 let timer = self
@@ -38,6 +46,8 @@ impl Engine {
                     .egress_send_duration
                     .with_label_values(&[connector])
                     .start_timer();
+                let send_span =
+                    tracing::info_span!("egress.send", connector, part = index, attempt = attempts);
                 let result = route
                     .sink
                     .send(Outbound {
@@ -50,6 +60,7 @@ impl Engine {
                         part_count: plan.parts.len(),
                         idempotency_token: &part.token,
                     })
+                    .instrument(send_span)
                     .await;
                 timer.observe_duration();
                 match result {

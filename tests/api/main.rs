@@ -5,9 +5,12 @@ pub mod fake_twilio;
 mod helpers;
 
 mod architecture;
+mod asyncapi;
 mod conversations;
 mod conversations_service;
 mod debug_snapshot;
+mod deploy_assets;
+mod echo_bot;
 mod egress;
 mod egress_reconnect;
 mod egress_rest;
@@ -23,3 +26,4 @@ mod second_connector;
 mod signature_fixtures;
 mod sms_webhook;
 mod status_callbacks;
+mod traces;
