@@ -126,7 +126,7 @@ impl EventPublisher {
             if message.trace_parent.is_none() {
                 message.trace_parent = current_traceparent();
             }
-            let result = self.publish_traced(message).await;
+            let result = self.publish_or_store(message).await;
             if let Ok(delivery) = &result {
                 tracing::Span::current().record("delivery", delivery.as_str());
             }
@@ -136,7 +136,7 @@ impl EventPublisher {
         .await
     }
 
-    async fn publish_traced(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
+    async fn publish_or_store(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
         let inner = &self.inner;
         let publish_error = if inner.outbox.depth() > 0 {
             PublishError::NotConnected

@@ -83,3 +83,34 @@ pub enum BusState {
 pub fn routing_key(prefix: &str, topic: &str) -> String {
     format!("{prefix}{topic}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traceparent_survives_the_outbox_and_older_entries_still_read() {
+        let mut message = BusMessage::json(
+            "internal.ingress.v1",
+            "twilio:SM1".into(),
+            "c".into(),
+            "chat.message.v1",
+            "test",
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        message.trace_parent =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let stored = serde_json::to_value(&message).unwrap();
+        assert_eq!(stored["traceParent"], message.trace_parent.clone().unwrap());
+        assert_eq!(
+            serde_json::from_value::<BusMessage>(stored.clone()).unwrap(),
+            message
+        );
+
+        let mut older = stored;
+        older.as_object_mut().unwrap().remove("traceParent");
+        let read: BusMessage = serde_json::from_value(older).unwrap();
+        assert_eq!(read.trace_parent, None);
+    }
+}

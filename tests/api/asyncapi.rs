@@ -492,6 +492,51 @@ fn the_asyncapi_document_matches_the_code() {
     );
     assert!(status_types.contains(STATUS_EVENT_TYPE));
 
+    // architecture.yaml names the same payload schemas for the topics it lists.
+    let architecture: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("architecture.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let service = &architecture["services"][0];
+    assert_eq!(service["topics"]["asyncapi"], "openapi/asyncapi.yaml");
+    for topic in service["topics"]["publishes"]
+        .as_sequence()
+        .expect("publishes")
+    {
+        let address = topic["name"].as_str().unwrap();
+        let channel = asyncapi
+            .channel_for(address)
+            .expect("a channel for every published topic");
+        let files: BTreeSet<String> = doc["channels"][&channel]["messages"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|m| {
+                asyncapi.doc()["components"]["messages"]
+                    [m["$ref"].as_str().unwrap().rsplit('/').next().unwrap()]["payload"]["schema"]
+                    ["$ref"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("./")
+                    .to_owned()
+            })
+            .collect();
+        for key in ["schema", "alsoSchema"] {
+            if let Some(schema) = topic[key].as_str() {
+                let file = schema
+                    .strip_prefix("openapi/")
+                    .expect("schemas live in openapi/");
+                assert!(
+                    files.contains(file),
+                    "{address}: {file} not among {files:?}"
+                );
+            }
+        }
+    }
+
     // The exchange as the service declares it, and what it stamps on every message.
     let defaults = Settings::from_vars(Vec::<(String, String)>::new()).unwrap();
     let exchange = &doc["components"]["channelBindings"]["eventsExchange"]["amqp"]["exchange"];

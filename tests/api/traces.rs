@@ -180,6 +180,40 @@ async fn a_reply_with_only_a_trace_id_joins_that_trace() {
     );
 }
 
+#[tokio::test]
+async fn a_webhook_continues_the_trace_its_request_arrived_with() {
+    let amqp = require_broker!();
+    let app = crate::helpers::spawn_app(Some(&amqp), &[]).await;
+    let mut inbound = app.tap(topics::INGRESS).await;
+    let caller = TraceId::from_bytes(rand::random::<[u8; 16]>());
+    let sms = fixture("sms_basic");
+    let response = app
+        .client
+        .post(format!("{}{}", app.address, sms.path_and_query))
+        .header("Content-Type", &sms.content_type)
+        .header("X-Twilio-Signature", &sms.signature)
+        .header("traceparent", format!("00-{caller}-00f067aa0ba902b7-01"))
+        .body(sms.body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (delivery, envelope) = inbound.next_json().await;
+    let (trace_id, _) = parse_traceparent(&header(&delivery, "traceparent").unwrap());
+    assert_eq!(trace_id, caller);
+    assert_eq!(envelope["traceId"], caller.to_string());
+    let trace = trace_spans(caller, |trace| {
+        !named(trace, "POST /webhooks/twilio/sms").is_empty()
+    })
+    .await;
+    let request = one(&trace, "POST /webhooks/twilio/sms");
+    assert_eq!(
+        request.parent_span_id,
+        SpanId::from_hex("00f067aa0ba902b7").unwrap()
+    );
+    assert!(request.parent_span_is_remote);
+}
+
 /// What a fake OTLP collector received: `(path, content type, body)` per request.
 type Exports = Arc<Mutex<Vec<(String, String, Vec<u8>)>>>;
 
