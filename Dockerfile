@@ -39,6 +39,8 @@ RUN awk '/^\[\[(test|bench|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !
         target/release/.fingerprint/ingress-egress-*
 
 # The service itself. Touch the sources so cargo never mistakes them for the placeholders.
+# openapi/ holds the AsyncAPI document and its schemas, compiled in (src/routes/event_contract.rs).
+COPY openapi/asyncapi.yaml openapi/*.schema.json ./openapi/
 COPY src ./src
 RUN find src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --bin ingress-egress \

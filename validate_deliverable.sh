@@ -21,6 +21,13 @@ cargo clippy --locked --all-targets --features websocket -- -D warnings
 step "tests (RabbitMQ required)"
 REQUIRE_AMQP=1 cargo test --locked
 
+step "AsyncAPI document (AsyncAPI parser)"
+bash tests/asyncapi/run.sh
+
+step "alerting rules (promtool)"
+promtool check rules deploy/prometheus/alerts.yaml
+(cd deploy/prometheus && promtool test rules alerts.test.yaml)
+
 step "Swagger UI in headless Chromium"
 bash tests/browser/run.sh
 

@@ -21,6 +21,17 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Ready for traffic: the broker connection is up and confirming publishes, and, when egress
+    /// runs, its consumer is consuming.
+    pub fn is_ready(&self) -> bool {
+        self.bus.is_ready()
+            && !self.publisher.confirms_stalled()
+            && self
+                .egress_consuming
+                .as_ref()
+                .is_none_or(|consuming| consuming.get())
+    }
+
     pub fn connector(&self, name: &str) -> Option<&Arc<dyn Connector>> {
         self.connectors.iter().find(|c| c.name() == name)
     }

@@ -4,7 +4,8 @@
 //! pieces are wired) and `docs/architecture.md`.
 //!
 //! Core:
-//! - [`configuration`]: settings from the environment; [`telemetry`]: logs; [`metrics`].
+//! - [`configuration`]: settings from the environment; [`telemetry`]: logs and traces;
+//!   [`metrics`].
 //! - [`envelope`]: the `InternalEventV2` every event uses.
 //! - [`bus`]: RabbitMQ and the embedded bus, publishing and subscriptions; [`outbox`] and
 //!   [`publisher`]: the delivery guarantees of ingress.

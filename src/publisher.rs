@@ -11,6 +11,7 @@ use std::{
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     backoff::Backoff,
@@ -18,6 +19,7 @@ use crate::{
     metrics::Metrics,
     outbox::{Outbox, OutboxError},
     state::StateStore,
+    telemetry::trace_context::current_traceparent,
 };
 
 /// What happened to a message handed to [`EventPublisher`].
@@ -183,7 +185,36 @@ impl EventPublisher {
     }
 
     /// [`Self::publish`], waiting at most `confirm_wait` for the broker (none: outbox at once).
+    /// The publish is a span of the current trace, and the message carries that span as its
+    /// `traceparent` (unless it already names one), so its consumers continue the trace.
     async fn publish_waiting(
+        &self,
+        mut message: BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<Delivery, PublishFailed> {
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            otel.name = %format!("publish {}", message.topic),
+            messaging.destination.name = %message.topic,
+            messaging.message.id = %message.message_id,
+            delivery = tracing::field::Empty,
+        );
+        async move {
+            if message.trace_parent.is_none() {
+                message.trace_parent = current_traceparent();
+            }
+            let result = self.publish_or_store(message, confirm_wait).await;
+            if let Ok(delivery) = &result {
+                tracing::Span::current().record("delivery", delivery.as_str());
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn publish_or_store(
         &self,
         message: BusMessage,
         confirm_wait: Duration,

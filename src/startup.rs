@@ -26,6 +26,7 @@ use crate::{
     publisher::EventPublisher,
     routes,
     state::{file::FileStore, memory::MemoryStore},
+    telemetry::request_span::RequestSpan,
 };
 
 /// Builds a connector that is not in the registry (see [`Application::build_with_connectors`]).
@@ -152,7 +153,7 @@ impl Application {
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(from_fn(limit_per_client))
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new())
                 .app_data(limiter.clone())
                 .app_data(state.clone())
                 .app_data(json_config())
@@ -168,6 +169,7 @@ impl Application {
                     routes::debug::SNAPSHOT_ROUTE,
                     web::get().to(routes::debug::connector_snapshot),
                 )
+                .configure(routes::event_contract::configure)
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .url("/api-docs/openapi.json", api_doc.clone()),

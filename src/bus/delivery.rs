@@ -57,6 +57,8 @@ pub struct Received {
     /// The message's `message_id`, when it has one.
     pub message_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` it was published with, when it carries one.
+    pub trace_parent: Option<String>,
     /// The broker delivered it before (to us or another consumer) without an ack.
     pub redelivered: bool,
     pub handle: DeliveryHandle,

@@ -23,6 +23,10 @@ pub struct BusMessage {
     /// CloudEvents `source`.
     pub source: String,
     pub timestamp: DateTime<Utc>,
+    /// W3C `traceparent` of the span that published it (the `traceparent` AMQP header); the
+    /// publisher fills it in. Outbox entries written before it existed have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
     /// JSON body.
     pub body: String,
 }
@@ -44,6 +48,7 @@ impl BusMessage {
             kind: kind.to_owned(),
             source: source.to_owned(),
             timestamp: Utc::now(),
+            trace_parent: None,
             body: serde_json::to_string(body)?,
         })
     }
@@ -77,4 +82,35 @@ pub enum BusState {
 /// `BUS_PREFIX` + topic.
 pub fn routing_key(prefix: &str, topic: &str) -> String {
     format!("{prefix}{topic}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_traceparent_survives_the_outbox_and_older_entries_still_read() {
+        let mut message = BusMessage::json(
+            "internal.ingress.v1",
+            "twilio:SM1".into(),
+            "c".into(),
+            "chat.message.v1",
+            "test",
+            &serde_json::json!({}),
+        )
+        .unwrap();
+        message.trace_parent =
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        let stored = serde_json::to_value(&message).unwrap();
+        assert_eq!(stored["traceParent"], message.trace_parent.clone().unwrap());
+        assert_eq!(
+            serde_json::from_value::<BusMessage>(stored.clone()).unwrap(),
+            message
+        );
+
+        let mut older = stored;
+        older.as_object_mut().unwrap().remove("traceParent");
+        let read: BusMessage = serde_json::from_value(older).unwrap();
+        assert_eq!(read.trace_parent, None);
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod environment;
 pub mod parse;
+pub mod telemetry;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -18,6 +19,8 @@ use url::Url;
 pub use environment::Environment;
 use parse::{non_empty, parse_base_url, parse_or};
 pub use parse::{redact_url, scrub_url_password, ConfigError};
+use telemetry::RawTelemetry;
+pub use telemetry::{LogFormat, TelemetrySettings};
 
 /// Every core variable the service reads, as the environment spells it (envy lower-cases
 /// names). Connectors list their own.
@@ -49,6 +52,10 @@ pub struct RawSettings {
     log_level: Option<String>,
     debug_token: Option<String>,
     operator_token: Option<String>,
+    otel_exporter_otlp_endpoint: Option<String>,
+    otel_exporter_otlp_protocol: Option<String>,
+    otel_service_name: Option<String>,
+    google_cloud_project: Option<String>,
 }
 
 impl std::fmt::Debug for RawSettings {
@@ -70,15 +77,6 @@ pub enum QueueType {
     /// Replicated and durable (RabbitMQ 3.8+); falls back to classic where the broker refuses.
     Quorum,
     Classic,
-}
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line, with Cloud Logging's `severity` field.
-    Json,
-    /// Human-readable, coloured when on a terminal.
-    Pretty,
 }
 
 #[derive(Clone, Debug)]
@@ -105,8 +103,8 @@ pub struct Settings {
     /// Requests one client may have in progress at once.
     pub max_requests_per_client: usize,
     pub max_body_bytes: usize,
-    pub log_format: LogFormat,
-    pub log_level: String,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
     pub debug_token: Option<SecretString>,
     pub operator_token: Option<SecretString>,
     /// Every variable the service started with; connectors read their settings from it.
@@ -222,31 +220,14 @@ impl Settings {
             return Err(ConfigError::new("AMQP_PREFETCH", "must be at least 1"));
         }
 
-        let log_format = match non_empty(raw.log_format).as_deref() {
-            Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            None => {
-                use std::io::IsTerminal;
-                if std::io::stdout().is_terminal() {
-                    LogFormat::Pretty
-                } else {
-                    LogFormat::Json
-                }
-            }
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "LOG_FORMAT",
-                    format!("expected json or pretty, got {other:?}"),
-                ))
-            }
-        };
-        let log_level = non_empty(raw.log_level).unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-            return Err(ConfigError::new(
-                "LOG_LEVEL",
-                format!("not a valid level or filter: {log_level:?}"),
-            ));
-        }
+        let telemetry = TelemetrySettings::from_raw(RawTelemetry {
+            log_format: raw.log_format,
+            log_level: raw.log_level,
+            otel_exporter_otlp_endpoint: raw.otel_exporter_otlp_endpoint,
+            otel_exporter_otlp_protocol: raw.otel_exporter_otlp_protocol,
+            otel_service_name: raw.otel_service_name,
+            google_cloud_project: raw.google_cloud_project,
+        })?;
 
         let public_base_url = non_empty(raw.public_base_url)
             .map(|value| parse_base_url("PUBLIC_BASE_URL", &value))
@@ -302,8 +283,7 @@ impl Settings {
                 parts => parts,
             },
             max_body_bytes: parse_or("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024usize)?,
-            log_format,
-            log_level,
+            telemetry,
             debug_token: non_empty(raw.debug_token).map(SecretString::from),
             operator_token: non_empty(raw.operator_token).map(SecretString::from),
             environment,

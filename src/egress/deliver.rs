@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use tracing::Instrument;
 
 use super::{
     engine::{Engine, Plan, PlannedPart},
@@ -115,12 +116,12 @@ impl Engine {
                     Ok(Resolution::NotFound) => {
                         tracing::info!(correlation_id = %plan.correlation_id, part = index, "no trace of the earlier attempt; sending again");
                         unresolved_since = None;
-                        self.send_once(plan, outbound, &part.token).await
+                        self.send_once(plan, outbound, &part.token, attempts).await
                     }
                     // Not knowing is no licence to send: the lookup is retried like a send.
                     Err(failure) => Err(SendOnce::Failed(failure)),
                 },
-                None => self.send_once(plan, outbound, &part.token).await,
+                None => self.send_once(plan, outbound, &part.token, attempts).await,
             };
             let failure = match result {
                 Ok(provider_sid) => {
@@ -170,22 +171,36 @@ impl Engine {
         plan: &Plan,
         outbound: Outbound<'_>,
         part_key: &str,
+        attempt: u32,
     ) -> Result<Option<String>, SendOnce> {
         let route = &plan.route;
+        let connector = route.sink.connector();
+        let waited = self
+            .metrics
+            .egress_rate_limit_wait
+            .with_label_values(&[connector])
+            .start_timer();
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Err(SendOnce::Requeue("shutting down")),
             _ = route.limiter.acquire(&plan.sender_key) => {}
         }
+        waited.observe_duration();
         if let Err(error) = self.ledger.pending(part_key, Utc::now()).await {
             return Err(SendOnce::Requeue(ledger_down(&error)));
         }
         let timer = self
             .metrics
             .egress_send_duration
-            .with_label_values(&[route.sink.connector()])
+            .with_label_values(&[connector])
             .start_timer();
-        let result = route.sink.send(outbound).await;
+        let span = tracing::info_span!(
+            "egress.send",
+            connector,
+            part = outbound.part_index,
+            attempt
+        );
+        let result = route.sink.send(outbound).instrument(span).await;
         timer.observe_duration();
         // A failure to record after the platform answered is not a reason to send again: the
         // pending record makes the next attempt look first.

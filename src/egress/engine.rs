@@ -16,6 +16,7 @@ use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
@@ -26,7 +27,11 @@ use super::{
     sink::{EgressSink, SinkPolicy, TextInfo},
 };
 use crate::{
-    bus::delivery::Received, envelope::Media, metrics::Metrics, publisher::EventPublisher,
+    bus::delivery::Received,
+    envelope::Media,
+    metrics::Metrics,
+    publisher::EventPublisher,
+    telemetry::trace_context::{continue_trace, remote_parent},
 };
 
 /// Backoff between attempts of one part (the attempt count is the sink's), and the most parts
@@ -60,6 +65,29 @@ pub fn part_token(event_key: &str, index: usize, count: usize) -> String {
     .to_string()
 }
 
+/// The span of one consumed event: it continues the trace the event carries (its `traceparent`
+/// header, else its envelope's `traceId`), so the reply's sends and outcome events join the
+/// trace of the message it answers.
+fn consume_span(
+    received: &Received,
+    work: &Result<(Plan, impl Sized), (Parsed, Rejection)>,
+) -> tracing::Span {
+    let (correlation_id, trace_id) = match work {
+        Ok((plan, _)) => (Some(plan.correlation_id.to_string()), plan.trace_id.clone()),
+        Err((parsed, _)) => (parsed.field("/correlationId"), parsed.field("/traceId")),
+    };
+    let span = tracing::info_span!(
+        "egress.consume",
+        otel.kind = "consumer",
+        messaging.message.id = received.message_id.as_deref().unwrap_or_default(),
+        correlation_id = correlation_id.as_deref().unwrap_or_default(),
+    );
+    if let Some(parent) = remote_parent(received.trace_parent.as_deref(), trace_id.as_deref()) {
+        continue_trace(&span, parent);
+    }
+    span
+}
+
 /// A sink with its limits, as the engine drives it.
 pub(super) struct SinkRoute {
     pub(super) sink: Arc<dyn EgressSink>,
@@ -72,6 +100,8 @@ pub(super) struct Plan {
     pub(super) key: String,
     pub(super) route: Arc<SinkRoute>,
     pub(super) correlation_id: Uuid,
+    /// The envelope's `traceId`, the trace to continue when the delivery has no `traceparent`.
+    pub(super) trace_id: Option<String>,
     pub(super) target: String,
     pub(super) sender_key: String,
     pub(super) metadata: Map<String, Value>,
@@ -151,12 +181,14 @@ impl Engine {
             let turn = self.sequencer.enqueue(&plan.target);
             (plan, turn)
         });
+        let span = consume_span(&received, &work);
         async move {
             match work {
                 Ok((plan, turn)) => engine.deliver(received, plan, turn).await,
                 Err((parsed, rejection)) => engine.reject(received, parsed, rejection).await,
             }
         }
+        .instrument(span)
     }
 
     fn plan(&self, received: &Received) -> Result<Plan, (Parsed, Rejection)> {
@@ -230,6 +262,7 @@ impl Engine {
             key,
             route,
             correlation_id,
+            trace_id: event.trace_id.clone(),
             target: selection.target,
             sender_key,
             metadata,

@@ -268,6 +268,7 @@ fn incoming(target: &str, text: &str) -> Received {
         body: serde_json::to_vec(&event).unwrap(),
         message_id: Some(format!("test:{}", uuid::Uuid::new_v4())),
         timestamp: None,
+        trace_parent: None,
         redelivered: false,
         handle: DeliveryHandle::new(MemorySettle),
     }
@@ -422,6 +423,7 @@ async fn a_redelivered_event_whose_parts_were_sent_is_not_sent_again() {
         body: first.body.clone(),
         message_id: first.message_id.clone(),
         timestamp: None,
+        trace_parent: None,
         redelivered: true,
         handle: DeliveryHandle::new(MemorySettle),
     };
@@ -531,6 +533,7 @@ fn without_a_message_id_the_body_identifies_the_event() {
         body: body.to_vec(),
         message_id: id.map(str::to_owned),
         timestamp: None,
+        trace_parent: None,
         redelivered: false,
         handle: DeliveryHandle::new(MemorySettle),
     };

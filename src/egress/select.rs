@@ -47,6 +47,17 @@ pub struct Parsed {
     pub event: Option<Box<InternalEventV2>>,
 }
 
+impl Parsed {
+    /// A string at `pointer` (e.g. `/correlationId`) of the JSON, however malformed the rest.
+    pub fn field(&self, pointer: &str) -> Option<String> {
+        self.json
+            .as_ref()
+            .and_then(|json| json.pointer(pointer))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
+
 /// Parses an egress event and checks it is addressed to one of the `connectors` that have a
 /// sink.
 pub fn parse(body: &[u8], connectors: &[&str]) -> (Parsed, Result<(), Rejection>) {

@@ -51,10 +51,9 @@ pub async fn livez() -> HttpResponse {
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Broker or egress consumer down", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let broker_up = state.bus.is_ready();
+    let ready = state.is_ready();
     let stalled = state.publisher.confirms_stalled();
     let egress_consumer = state.egress_consuming.as_ref().map(|flag| flag.get());
-    let ready = broker_up && !stalled && egress_consumer.unwrap_or(true);
     let broker = match state.bus.state() {
         crate::bus::BusState::Connected => "connected",
         crate::bus::BusState::Connecting { .. } => "connecting",

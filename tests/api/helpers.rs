@@ -1,14 +1,18 @@
 //! Test harness: spawns the real application on a random port against a real RabbitMQ, taps
-//! the exchange with a private queue, and loads the signed Twilio fixtures.
+//! the exchange with a private queue, and loads the signed Twilio fixtures. Every app's spans
+//! are traced as the service traces them and can be read back through [`spans`].
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::OnceLock, time::Duration};
 
 use ingress_egress::{
     configuration::Settings,
     startup::{Application, ConnectorFactory},
+    telemetry,
 };
 use lapin::{message::Delivery, Connection, ConnectionProperties};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use serde::Deserialize;
+use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -154,6 +158,26 @@ pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &st
     spawn_app_with_connectors(amqp_url, overrides, Vec::new()).await
 }
 
+/// The spans every test app has finished, exported in process by OpenTelemetry's in-memory
+/// exporter through the service's own [`telemetry::span_layer`] (installed once, as the
+/// process's tracing subscriber, before the first app starts). Apps of concurrent tests share
+/// it: tell their spans apart by trace id.
+pub fn spans() -> &'static InMemorySpanExporter {
+    static EXPORTER: OnceLock<(InMemorySpanExporter, SdkTracerProvider)> = OnceLock::new();
+    let (exporter, _provider) = EXPORTER.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        tracing_subscriber::registry()
+            .with(telemetry::span_layer(&provider))
+            .try_init()
+            .expect("no other tracing subscriber is installed in the tests");
+        (exporter, provider)
+    });
+    exporter
+}
+
 /// Spawns the application serving `extra` connectors beside the registered ones, without
 /// waiting for the broker.
 pub async fn spawn_app_with_connectors(
@@ -161,6 +185,7 @@ pub async fn spawn_app_with_connectors(
     overrides: &[(&str, &str)],
     extra: Vec<ConnectorFactory>,
 ) -> TestApp {
+    spans();
     let mut vars = base_vars(amqp_url);
     let outbox_guard = if overrides.iter().any(|(k, _)| *k == "OUTBOX_DIR") {
         None
@@ -369,6 +394,15 @@ impl Fixture {
     /// part of the URL, with no body parameters).
     pub fn is_get_form(&self) -> bool {
         self.method == "GET" && self.content_type != "application/json"
+    }
+
+    /// The first value of the form parameter `name` (panics when the fixture has none).
+    pub fn param(&self, name: &str) -> String {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("fixture {} has no {name}", self.name))
     }
 }
 

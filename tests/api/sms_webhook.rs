@@ -52,13 +52,7 @@ async fn a_signed_sms_is_published_as_an_internal_event_with_all_properties() {
 
     let (delivery, envelope) = tap.next_json().await;
     assert_valid_envelope(&envelope);
-    let param = |name: &str| {
-        sms.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap()
-    };
+    let param = |name: &str| sms.param(name);
     let sid = param("MessageSid");
     let from = param("From");
 

@@ -30,6 +30,7 @@ use super::message::{routing_key, BusMessage, BusState, PublishError, APP_ID};
 use crate::{
     backoff::Backoff,
     configuration::{scrub_url_password, BusSettings},
+    telemetry::trace_context::TRACEPARENT,
 };
 use topology::declare_exchange;
 
@@ -172,6 +173,9 @@ fn properties(message: &BusMessage) -> BasicProperties {
     header("cloudEvents:type", &message.kind);
     header("cloudEvents:time", &message.timestamp.to_rfc3339());
     header("cloudEvents:datacontenttype", "application/json");
+    if let Some(traceparent) = &message.trace_parent {
+        header(TRACEPARENT, traceparent);
+    }
 
     BasicProperties::default()
         .with_content_type("application/json".into())

@@ -21,8 +21,8 @@ use lapin::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicQosOptions, QueueDeclareOptions,
     },
-    types::{FieldTable, ShortString},
-    Acker, Channel,
+    types::{AMQPValue, FieldTable, ShortString},
+    Acker, BasicProperties, Channel,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -36,6 +36,7 @@ use crate::{
     bus::delivery::{
         DeliveryHandle, Received, Settle, SettleError, SubscriptionProbe, SubscriptionSpec,
     },
+    telemetry::trace_context::TRACEPARENT,
 };
 
 /// How often the queue's depth is sampled for the metric and the debug snapshot.
@@ -217,6 +218,7 @@ impl Consumer {
                                 .properties
                                 .timestamp()
                                 .and_then(|t| DateTime::from_timestamp(t as i64, 0)),
+                            trace_parent: header_text(&delivery.properties, TRACEPARENT),
                             redelivered: delivery.redelivered,
                             body: delivery.data,
                             handle: DeliveryHandle::new(AmqpSettle(delivery.acker)),
@@ -236,6 +238,15 @@ impl Consumer {
                 },
             }
         }
+    }
+}
+
+/// A text header of a delivery (AMQP tables hold strings as long or short strings).
+fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
     }
 }
 

@@ -27,6 +27,7 @@ use crate::{
     },
     error::{ApiError, ErrorBody},
     publisher::EventPublisher,
+    telemetry::trace_context::current_trace_id,
 };
 
 /// What the operator route needs: its guard and the publisher.
@@ -324,7 +325,7 @@ pub fn egress_event(
     InternalEventV2 {
         v: ENVELOPE_VERSION.to_owned(),
         correlation_id,
-        trace_id: None,
+        trace_id: current_trace_id(),
         event_type: CHAT_MESSAGE_V1.to_owned(),
         ingress: Ingress {
             ingress_at: now,
