@@ -11,6 +11,7 @@
 //! `info` whatever `LOG_LEVEL` says: quieter logs do not cut the trace.
 
 pub mod cloud_logging;
+pub mod http_errors;
 pub mod request_span;
 pub mod trace_context;
 
@@ -62,14 +63,22 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     let registry = tracing_subscriber::registry().with(span_layer(&provider));
     let result = match settings.log_format {
         LogFormat::Json => registry
-            .with(json_layer(std::io::stdout, settings.gcp_project.clone()).with_filter(filter))
+            .with(
+                json_layer(std::io::stdout, settings.gcp_project.clone())
+                    .with_filter(http_errors::WithoutHttpLayerErrors)
+                    .with_filter(filter),
+            )
+            // Last: it logs from inside another event, which must be through every layer first.
+            .with(http_errors::DemotedHttpErrors)
             .try_init(),
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_target(false)
+                    .with_filter(http_errors::WithoutHttpLayerErrors)
                     .with_filter(filter),
             )
+            .with(http_errors::DemotedHttpErrors)
             .try_init(),
     };
     // A second call (tests spawning several apps) keeps the first subscriber.

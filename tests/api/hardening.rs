@@ -181,3 +181,70 @@ async fn one_client_cannot_take_every_request_slot() {
         "slots freed by the deadline"
     );
 }
+
+/// A request the HTTP layer itself refuses (garbage request line, too many headers) is the
+/// client's mistake: logged at INFO, never at ERROR.
+#[tokio::test]
+async fn requests_refused_by_the_http_layer_are_not_logged_as_errors() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let outbox = tempfile::tempdir().unwrap();
+    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("LOG_FORMAT", "json")
+        .env("OUTBOX_DIR", outbox.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let address = format!("127.0.0.1:{port}");
+    let mut connected = None;
+    for _ in 0..100 {
+        if let Ok(stream) = TcpStream::connect(&address).await {
+            connected = Some(stream);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut garbage = connected.expect("the service listens");
+    garbage.write_all(b"GARBAGE\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), garbage.read_to_end(&mut answer)).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"));
+    let mut headers = TcpStream::connect(&address).await.unwrap();
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    headers
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), headers.read_to_end(&mut answer)).await;
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 431"));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    service.start_kill().unwrap();
+    let output = service.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    assert!(
+        lines.iter().all(|line| line["severity"] != "ERROR"),
+        "{log}"
+    );
+    let refused = lines
+        .iter()
+        .filter(|line| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("refused by the HTTP layer"))
+        })
+        .count();
+    assert_eq!(refused, 2, "{log}");
+}
