@@ -27,6 +27,7 @@ mod module_graph;
 mod openapi_doc;
 mod operator;
 mod outbox;
+mod readme;
 mod second_connector;
 mod signature_fixtures;
 mod sms_webhook;

@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod config;
+pub mod console;
 pub mod egress;
 pub mod ingress;
 pub mod operator;
@@ -181,6 +182,7 @@ impl Connector for TwilioConnector {
             "lastInboundAt": activity.last_inbound_at,
             "lastOutboundAt": activity.last_outbound_at,
             "lastError": activity.last_error.map(|(at, message)| json!({"at": at, "message": message})),
+            "consoleUrls": self.ingress.verifier().public_base_url.as_ref().map(console::console_urls),
             "config": {
                 "accountSid": settings.account_sid,
                 "sender": {
