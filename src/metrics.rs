@@ -3,7 +3,7 @@
 
 use prometheus::{
     core::Collector, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "ingress_egress";
@@ -36,6 +36,16 @@ pub struct Metrics {
     pub egress_queue_depth: IntGauge,
     /// Webhook events acknowledged without publishing, by connector and event type.
     pub ignored_events: IntCounterVec,
+    /// State store operations that failed, by store kind and operation.
+    pub state_store_errors: IntCounterVec,
+    /// Webhooks published after only the local dedupe window was consulted (the shared one
+    /// was unreachable); they carry the possible-duplicate mark.
+    pub dedupe_fallbacks: IntCounter,
+    /// Messages ready in each egress partition queue, sampled by its consumer.
+    pub egress_partition_depth: IntGaugeVec,
+    /// 1 for each egress partition this instance is the active consumer of (it has received
+    /// from it since it subscribed), 0 otherwise.
+    pub egress_partition_active: IntGaugeVec,
 }
 
 impl Metrics {
@@ -62,6 +72,13 @@ impl Metrics {
         };
         let gauge = |name: &str, help: &str| {
             let metric = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(metric.clone()))
+                .expect("metric registered once");
+            metric
+        };
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
             registry
                 .register(Box::new(metric.clone()))
                 .expect("metric registered once");
@@ -149,8 +166,36 @@ impl Metrics {
                 "Webhook events acknowledged without publishing, by connector and event type",
                 &["connector", "event_type"],
             ),
+            state_store_errors: counter_vec(
+                "state_store_errors_total",
+                "State store operations that failed, by store and operation",
+                &["store", "operation"],
+            ),
+            dedupe_fallbacks: counter(
+                "dedupe_fallbacks_total",
+                "Webhooks deduplicated only locally because the shared store was unreachable",
+            ),
+            egress_partition_depth: gauge_vec(
+                "egress_partition_queue_depth",
+                "Messages waiting in each egress partition queue (sampled every few seconds)",
+                &["partition"],
+            ),
+            egress_partition_active: gauge_vec(
+                "egress_partition_active",
+                "1 for each egress partition this instance actively consumes",
+                &["partition"],
+            ),
             registry,
         }
+    }
+
+    /// Registers a gauge that only some configurations have (its name gets the namespace).
+    pub fn register_gauge(&self, name: &str, help: &str) -> IntGauge {
+        let metric = IntGauge::new(name, help).expect("valid metric");
+        self.registry
+            .register(Box::new(metric.clone()))
+            .expect("metric registered once");
+        metric
     }
 
     /// Registers a connector's own counter (its name gets the service's namespace).

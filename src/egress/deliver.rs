@@ -4,8 +4,12 @@
 //! sender), and the answer recorded. Retryable failures are retried with backoff (honouring
 //! `Retry-After`) up to the sink's attempt limit; a permanent failure ends the event. Shutdown
 //! requeues at every wait.
+//!
+//! When the state store (the ledger, the shared rate) cannot answer, sending pauses until it
+//! does: sending without the ledger could repeat a message, and requeueing would let the
+//! recipient's next event overtake this one. The event keeps its place in line meanwhile.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 
@@ -82,7 +86,10 @@ impl Engine {
                 attempts,
                 resolved_by: resolved_by.map(str::to_owned),
             };
-        let mut unresolved_since = match self.ledger.get(&part.token).await {
+        let mut unresolved_since = match self
+            .until_answered("send ledger", || self.ledger.get(&part.token))
+            .await
+        {
             Ok(Some(PartRecord::Sent {
                 provider_sid,
                 resolved_by,
@@ -172,12 +179,18 @@ impl Engine {
         part_key: &str,
     ) -> Result<Option<String>, SendOnce> {
         let route = &plan.route;
-        tokio::select! {
+        let paced = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Err(SendOnce::Requeue("shutting down")),
-            _ = route.limiter.acquire(&plan.sender_key) => {}
+            paced = self.until_answered("rate limit", || route.limiter.acquire(&plan.sender_key)) => paced,
+        };
+        if let Err(error) = paced {
+            return Err(SendOnce::Requeue(ledger_down(&error)));
         }
-        if let Err(error) = self.ledger.pending(part_key, Utc::now()).await {
+        if let Err(error) = self
+            .until_answered("send ledger", || self.ledger.pending(part_key, Utc::now()))
+            .await
+        {
             return Err(SendOnce::Requeue(ledger_down(&error)));
         }
         let timer = self
@@ -211,6 +224,50 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Runs `operation` until the state store answers, pausing in between. Gives up on an
+    /// unreadable entry (returned as is) and on shutdown ([`StoreError::Unavailable`] with
+    /// [`SHUTTING_DOWN`]).
+    async fn until_answered<T, F, Fut>(
+        &self,
+        what: &'static str,
+        mut operation: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut paused = false;
+        loop {
+            let error = match operation().await {
+                Ok(value) => {
+                    if paused {
+                        tracing::info!(what, "state store answers again; sending resumes");
+                    }
+                    return Ok(value);
+                }
+                Err(error @ StoreError::Corrupt(_)) => return Err(error),
+                Err(error) => error,
+            };
+            if !paused {
+                tracing::error!(%error, what, "state store unavailable; sending pauses rather than risk a duplicate");
+                paused = true;
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => {
+                    return Err(StoreError::Unavailable(SHUTTING_DOWN.to_owned()))
+                }
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+}
+
+/// Why [`Engine::until_answered`] stopped waiting.
+const SHUTTING_DOWN: &str = "shutting down";
+
 enum SendOnce {
     /// Refused: nothing was created.
     Failed(SendFailure),
@@ -220,6 +277,9 @@ enum SendOnce {
 }
 
 fn ledger_down(error: &StoreError) -> &'static str {
-    tracing::error!(%error, "send ledger unavailable; requeueing rather than risk a duplicate");
-    "send ledger unavailable"
+    if matches!(error, StoreError::Unavailable(why) if why == SHUTTING_DOWN) {
+        return SHUTTING_DOWN;
+    }
+    tracing::error!(%error, "send ledger unreadable; requeueing rather than risk a duplicate");
+    "send ledger unreadable"
 }

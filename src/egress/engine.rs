@@ -27,13 +27,17 @@ use super::{
 };
 use crate::{
     bus::delivery::Received, envelope::Media, metrics::Metrics, publisher::EventPublisher,
+    state::RateSlots,
 };
 
-/// Backoff between attempts of one part (the attempt count is the sink's).
-#[derive(Clone, Debug)]
+/// Backoff between attempts of one part (the attempt count is the sink's), and where send
+/// slots come from.
+#[derive(Clone)]
 pub struct EngineConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// Send slots shared with other instances (Redis); `None` paces in this process only.
+    pub rate_slots: Option<Arc<dyn RateSlots>>,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +45,7 @@ impl Default for EngineConfig {
         Self {
             retry_base: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
+            rate_slots: None,
         }
     }
 }
@@ -108,8 +113,12 @@ impl Engine {
             .into_iter()
             .map(|sink| {
                 let policy = sink.policy();
+                let limiter = RateLimiter::new(policy.max_send_rate, policy.burst);
                 let route = SinkRoute {
-                    limiter: RateLimiter::new(policy.max_send_rate, policy.burst),
+                    limiter: match &config.rate_slots {
+                        Some(slots) => limiter.shared(slots.clone(), sink.connector()),
+                        None => limiter,
+                    },
                     policy,
                     sink,
                 };

@@ -228,6 +228,7 @@ fn harness(limits: Limits) -> Harness {
         EngineConfig {
             retry_base: limits.retry_base,
             retry_max: limits.retry_max,
+            ..EngineConfig::default()
         },
         shutdown.clone(),
     );

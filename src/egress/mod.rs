@@ -16,6 +16,12 @@
 //! - [`events`]: status (`internal.egress.status.v1`) and dead-letter (`internal.deadletter.v1`)
 //!   event bodies, and the one [`events::Outcome`] enum.
 //! - [`sink`]: the connector-neutral sink trait and its request/response types.
+//!
+//! Partitions (`EGRESS_PARTITIONS` > 1 on RabbitMQ): the shared egress queue is routed by
+//! recipient into that many partition queues, each with a single active consumer among all
+//! instances (see `bus::amqp::router` and `docs/architecture.md`); this instance runs one
+//! consumer loop per partition over the one engine, so a recipient's events, all in one
+//! partition, stay in order across instances.
 
 pub mod consumer;
 mod deliver;
@@ -32,11 +38,13 @@ pub mod sink;
 
 use std::sync::Arc;
 
+use sha2::{Digest, Sha256};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{
+        amqp::router::Router,
         delivery::{SubscriptionProbe, SubscriptionSpec},
         Bus,
     },
@@ -59,7 +67,7 @@ pub fn egress_topics(instance_id: &str) -> Vec<String> {
     ]
 }
 
-/// The egress queue as the bus should consume it.
+/// The egress queue as the bus should consume it (with partitions, as the router does).
 pub fn subscription_spec(settings: &BusSettings) -> SubscriptionSpec {
     SubscriptionSpec {
         queue: settings.egress_queue.clone(),
@@ -67,7 +75,40 @@ pub fn subscription_spec(settings: &BusSettings) -> SubscriptionSpec {
         topics: egress_topics(&settings.instance_id),
         prefetch: settings.prefetch,
         consumer_tag: format!("ingress-egress/{}", settings.instance_id),
+        // One router at a time keeps the shared queue's order into the partitions.
+        single_active_consumer: settings.egress_partitions > 1,
     }
+}
+
+/// Partition `index`'s queue: `<AMQP_EGRESS_QUEUE>.p<index>`, fed by the router only.
+pub fn partition_spec(settings: &BusSettings, index: u16) -> SubscriptionSpec {
+    SubscriptionSpec {
+        queue: format!("{}.p{index}", settings.egress_queue),
+        queue_type: settings.egress_queue_type,
+        topics: Vec::new(),
+        prefetch: settings.prefetch,
+        consumer_tag: format!("ingress-egress/{}/p{index}", settings.instance_id),
+        single_active_consumer: true,
+    }
+}
+
+/// The partition of an egress event: its recipient, hashed (unreadable events go to 0).
+pub fn partition_of(body: &[u8], partitions: usize) -> usize {
+    let Some(key) = select::partition_key(body) else {
+        return 0;
+    };
+    let digest = Sha256::digest(key.as_bytes());
+    let hash = u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"));
+    (hash % partitions.max(1) as u64) as usize
+}
+
+/// What the egress engine is built from.
+pub struct EngineParts {
+    pub sinks: Vec<Arc<dyn EgressSink>>,
+    pub publisher: EventPublisher,
+    pub ledger: SendLedger,
+    pub metrics: Metrics,
+    pub config: EngineConfig,
 }
 
 /// Starts consuming egress events for `sinks` in the background. The flag is up while it
@@ -81,24 +122,119 @@ pub fn start(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> (ReadyFlag, JoinHandle<()>) {
-    let probe = SubscriptionProbe {
-        consuming: ReadyFlag::default(),
-        queue_depth: metrics.egress_queue_depth.clone(),
-    };
-    let consuming = probe.consuming.clone();
-    let subscription = bus.subscribe(subscription_spec(bus_settings), probe);
-    let engine = Engine::new(
+    let parts = EngineParts {
         sinks,
         publisher,
         ledger,
         metrics,
-        EngineConfig::default(),
+        config: EngineConfig::default(),
+    };
+    start_with(parts, bus, bus_settings, shutdown)
+}
+
+/// [`start`] with the engine's configuration given; with `EGRESS_PARTITIONS` > 1 on RabbitMQ,
+/// routes the shared queue into partitions and consumes every partition.
+pub fn start_with(
+    parts: EngineParts,
+    bus: &Bus,
+    bus_settings: &BusSettings,
+    shutdown: CancellationToken,
+) -> (ReadyFlag, JoinHandle<()>) {
+    let metrics = parts.metrics.clone();
+    let engine = Engine::new(
+        parts.sinks,
+        parts.publisher,
+        parts.ledger,
+        parts.metrics,
+        parts.config,
         shutdown.clone(),
     );
+    let shared_probe = SubscriptionProbe {
+        consuming: ReadyFlag::default(),
+        queue_depth: metrics.egress_queue_depth.clone(),
+        active: None,
+    };
+    let amqp = match bus {
+        Bus::Amqp(amqp) if bus_settings.egress_partitions > 1 => amqp.clone(),
+        // One queue (or the embedded bus, where one process is all there is): consumed as is.
+        _ => {
+            let consuming = shared_probe.consuming.clone();
+            let subscription = bus.subscribe(subscription_spec(bus_settings), shared_probe);
+            let flag = consuming.clone();
+            let task = tokio::spawn(async move {
+                consumer::run(engine, subscription, shutdown).await;
+                flag.set(false);
+            });
+            return (consuming, task);
+        }
+    };
+
+    let count = bus_settings.egress_partitions;
+    let partitions: Vec<SubscriptionSpec> = (0..count)
+        .map(|index| partition_spec(bus_settings, index))
+        .collect();
+    let mut flags = vec![shared_probe.consuming.clone()];
+    let mut loops = Vec::new();
+    for (index, spec) in partitions.iter().enumerate() {
+        let label = index.to_string();
+        let probe = SubscriptionProbe {
+            consuming: ReadyFlag::default(),
+            queue_depth: metrics.egress_partition_depth.with_label_values(&[&label]),
+            active: Some(metrics.egress_partition_active.with_label_values(&[&label])),
+        };
+        flags.push(probe.consuming.clone());
+        let subscription = bus.subscribe(spec.clone(), probe);
+        loops.push(tokio::spawn(consumer::run(
+            engine.clone(),
+            subscription,
+            shutdown.clone(),
+        )));
+    }
+    let router = Router {
+        bus: amqp,
+        input: subscription_spec(bus_settings),
+        partitions,
+        partition_of: Arc::new(move |body: &[u8]| partition_of(body, usize::from(count))),
+        probe: shared_probe,
+    };
+    let consuming = ReadyFlag::all(flags);
     let flag = consuming.clone();
     let task = tokio::spawn(async move {
-        consumer::run(engine, subscription, shutdown).await;
+        let routing = tokio::spawn(router.run(shutdown.clone()));
+        for consumer_loop in loops {
+            let _ = consumer_loop.await;
+        }
+        let _ = routing.await;
         flag.set(false);
     });
     (consuming, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recipients_events_share_one_partition_and_recipients_spread() {
+        let event = |to: &str, text: &str| {
+            serde_json::to_vec(&serde_json::json!({
+                "v": "2", "correlationId": "00000000-0000-4000-8000-000000000001",
+                "type": "chat.message.v1",
+                "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "s", "connector": "twilio", "channel": to},
+                "identity": {"external": {"id": to, "platform": "twilio"}},
+                "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat", "channel": to},
+                "routing": {"stage": "s", "slip": [], "history": []},
+                "message": {"id": "m", "role": "assistant", "text": text}
+            }))
+            .unwrap()
+        };
+        let first = partition_of(&event("+14155550100", "one"), 8);
+        assert_eq!(partition_of(&event("+14155550100", "two"), 8), first);
+        let used: std::collections::BTreeSet<usize> = (0..40)
+            .map(|i| partition_of(&event(&format!("+1415555{i:04}"), "x"), 8))
+            .collect();
+        assert!(used.len() > 4, "40 recipients over 8 partitions: {used:?}");
+        assert_eq!(partition_of(b"not json", 8), 0);
+        assert_eq!(partition_of(&event("+14155550100", "one"), 1), 0);
+    }
 }

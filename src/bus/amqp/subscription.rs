@@ -146,6 +146,9 @@ impl Consumer {
             tracing::info!(queue = %self.spec.queue, prefetch = self.spec.prefetch, "consuming");
             let ended = self.consume(&channel, consumer, &mut links, &link).await;
             self.probe.consuming.set(false);
+            if let Some(active) = &self.probe.active {
+                active.set(0);
+            }
             match ended {
                 Ended::Stopped => {
                     self.close.cancelled().await;
@@ -188,7 +191,12 @@ impl Consumer {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
-                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    // With a single active consumer, cancelling would let the next consumer
+                    // start while what we hold is still ours; closing the channel (in `run`)
+                    // hands it over first.
+                    if !self.spec.single_active_consumer {
+                        let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    }
                     return Ended::Stopped;
                 }
                 changed = links.changed() => {
@@ -211,6 +219,9 @@ impl Consumer {
                 }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
+                        if let Some(active) = &self.probe.active {
+                            active.set(1);
+                        }
                         let received = Received {
                             message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
                             timestamp: delivery
@@ -224,7 +235,9 @@ impl Consumer {
                         if self.sender.send(received).await.is_err() {
                             // The subscriber stopped listening; what it did not take returns
                             // to the queue when the channel closes.
-                            let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                            if !self.spec.single_active_consumer {
+                                let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                            }
                             return Ended::Stopped;
                         }
                     }
