@@ -98,4 +98,7 @@ pub struct SubscriptionProbe {
     pub queue_depth: IntGauge,
     /// Set to 1 once deliveries arrive (this consumer is the active one), 0 when it stops.
     pub active: Option<IntGauge>,
+    /// How many consumers the queue has (every instance's, active or waiting), sampled with
+    /// the depth.
+    pub consumers: Option<IntGauge>,
 }

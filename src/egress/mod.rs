@@ -13,6 +13,7 @@
 //! - [`select`]: which text, media and target an `InternalEventV2` asks us to send (DESIGN §3.2).
 //! - [`rate`]: per-sender token bucket.
 //! - [`order`]: per-recipient sequencing (same recipient in order, others concurrent).
+//! - [`partitions`]: consuming partitioned egress (router, one loop per partition, balancing).
 //! - [`events`]: status (`internal.egress.status.v1`) and dead-letter (`internal.deadletter.v1`)
 //!   event bodies, and the one [`events::Outcome`] enum.
 //! - [`sink`]: the connector-neutral sink trait and its request/response types.
@@ -31,6 +32,7 @@ mod engine_tests;
 pub mod events;
 pub mod ledger;
 mod order;
+mod partitions;
 mod rate;
 mod report;
 mod select;
@@ -44,7 +46,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     bus::{
-        amqp::router::Router,
         delivery::{SubscriptionProbe, SubscriptionSpec},
         Bus,
     },
@@ -153,6 +154,7 @@ pub fn start_with(
         consuming: ReadyFlag::default(),
         queue_depth: metrics.egress_queue_depth.clone(),
         active: None,
+        consumers: None,
     };
     let amqp = match bus {
         Bus::Amqp(amqp) if bus_settings.egress_partitions > 1 => amqp.clone(),
@@ -169,45 +171,7 @@ pub fn start_with(
         }
     };
 
-    let count = bus_settings.egress_partitions;
-    let partitions: Vec<SubscriptionSpec> = (0..count)
-        .map(|index| partition_spec(bus_settings, index))
-        .collect();
-    let mut flags = vec![shared_probe.consuming.clone()];
-    let mut loops = Vec::new();
-    for (index, spec) in partitions.iter().enumerate() {
-        let label = index.to_string();
-        let probe = SubscriptionProbe {
-            consuming: ReadyFlag::default(),
-            queue_depth: metrics.egress_partition_depth.with_label_values(&[&label]),
-            active: Some(metrics.egress_partition_active.with_label_values(&[&label])),
-        };
-        flags.push(probe.consuming.clone());
-        let subscription = bus.subscribe(spec.clone(), probe);
-        loops.push(tokio::spawn(consumer::run(
-            engine.clone(),
-            subscription,
-            shutdown.clone(),
-        )));
-    }
-    let router = Router {
-        bus: amqp,
-        input: subscription_spec(bus_settings),
-        partitions,
-        partition_of: Arc::new(move |body: &[u8]| partition_of(body, usize::from(count))),
-        probe: shared_probe,
-    };
-    let consuming = ReadyFlag::all(flags);
-    let flag = consuming.clone();
-    let task = tokio::spawn(async move {
-        let routing = tokio::spawn(router.run(shutdown.clone()));
-        for consumer_loop in loops {
-            let _ = consumer_loop.await;
-        }
-        let _ = routing.await;
-        flag.set(false);
-    });
-    (consuming, task)
+    partitions::start(engine, amqp, bus, bus_settings, metrics, shutdown, shared_probe)
 }
 
 #[cfg(test)]

@@ -38,8 +38,9 @@ use crate::{
     },
 };
 
-/// How often the queue's depth is sampled for the metric and the debug snapshot.
-const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the queue's depth (and consumer count) is sampled for the metric, the debug
+/// snapshot and the balancing of egress partitions.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct AmqpSubscription {
     deliveries: mpsc::Receiver<Received>,
@@ -210,7 +211,12 @@ impl Consumer {
                     // A passive declare only reads the queue's counters.
                     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
                     match channel.queue_declare(consumer.queue(), passive, FieldTable::default()).await {
-                        Ok(queue) => self.probe.queue_depth.set(i64::from(queue.message_count())),
+                        Ok(queue) => {
+                            self.probe.queue_depth.set(i64::from(queue.message_count()));
+                            if let Some(consumers) = &self.probe.consumers {
+                                consumers.set(i64::from(queue.consumer_count()));
+                            }
+                        }
                         Err(error) => {
                             tracing::warn!(%error, queue = %self.spec.queue, "queue vanished");
                             return Ended::LinkLost;
