@@ -171,7 +171,15 @@ pub fn start_with(
         }
     };
 
-    partitions::start(engine, amqp, bus, bus_settings, metrics, shutdown, shared_probe)
+    partitions::start(
+        engine,
+        amqp,
+        bus,
+        bus_settings,
+        metrics,
+        shutdown,
+        shared_probe,
+    )
 }
 
 #[cfg(test)]

@@ -59,7 +59,11 @@ pub(super) fn start(
                     consuming: ReadyFlag::default(),
                     queue_depth: metrics.egress_partition_depth.with_label_values(&[&label]),
                     active: Some(metrics.egress_partition_active.with_label_values(&[&label])),
-                    consumers: Some(metrics.egress_partition_consumers.with_label_values(&[&label])),
+                    consumers: Some(
+                        metrics
+                            .egress_partition_consumers
+                            .with_label_values(&[&label]),
+                    ),
                 },
                 release: Mutex::new(CancellationToken::new()),
             })
@@ -128,9 +132,11 @@ async fn balance(partitions: Vec<Arc<Partition>>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let gauge = |partition: &Partition, pick: fn(&SubscriptionProbe) -> Option<&prometheus::IntGauge>| {
-            pick(&partition.probe).map_or(0, |gauge| gauge.get())
-        };
+        let gauge =
+            |partition: &Partition,
+             pick: fn(&SubscriptionProbe) -> Option<&prometheus::IntGauge>| {
+                pick(&partition.probe).map_or(0, |gauge| gauge.get())
+            };
         let instances = partitions
             .iter()
             .map(|p| gauge(p, |probe| probe.consumers.as_ref()))

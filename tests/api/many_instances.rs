@@ -10,8 +10,9 @@ use std::{
 };
 
 use ingress_egress::{
-    bus::message::POSSIBLE_DUPLICATE_HEADER, connectors::twilio::ingress::signature::compute_signature,
-    egress::partition_of, envelope::topics,
+    bus::message::POSSIBLE_DUPLICATE_HEADER,
+    connectors::twilio::ingress::signature::compute_signature, egress::partition_of,
+    envelope::topics,
 };
 use serde_json::Value;
 
@@ -61,14 +62,24 @@ async fn published(tap: &mut BusTap) -> Vec<(String, bool)> {
         .await
         .iter()
         .map(|delivery| {
-            let id = delivery.properties.message_id().as_ref().unwrap().to_string();
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .unwrap()
+                .to_string();
             (id, header(delivery, POSSIBLE_DUPLICATE_HEADER).is_some())
         })
         .collect()
 }
 
 /// Waits until the fake holds `count` created messages (at most `limit`), then for quiet.
-async fn sent_messages(fake: &FakeTwilio, count: usize, limit: Duration, cluster: &Cluster) -> Vec<RecordedRequest> {
+async fn sent_messages(
+    fake: &FakeTwilio,
+    count: usize,
+    limit: Duration,
+    cluster: &Cluster,
+) -> Vec<RecordedRequest> {
     let deadline = tokio::time::Instant::now() + limit;
     while fake.created(Route::Messages).len() < count {
         assert!(
@@ -104,11 +115,17 @@ fn assert_in_order_once(sent: &[RecordedRequest], recipients: &[String], expecte
         let want: Vec<String> = (0..expected).map(|n| format!("{recipient} #{n}")).collect();
         assert_eq!(got, want, "what {recipient} received, in order");
     }
-    assert_eq!(sent.len(), recipients.len() * expected, "nothing sent twice");
+    assert_eq!(
+        sent.len(),
+        recipients.len() * expected,
+        "nothing sent twice"
+    );
 }
 
 fn recipients(count: usize, base: u32) -> Vec<String> {
-    (0..count).map(|i| format!("+1415555{:04}", base as usize + i)).collect()
+    (0..count)
+        .map(|i| format!("+1415555{:04}", base as usize + i))
+        .collect()
 }
 
 /// Sum of `egress_sends_total{outcome="sent"}` per replica.
@@ -145,9 +162,16 @@ async fn the_same_signed_webhook_posted_to_every_instance_is_published_once() {
     }
     let published = published(&mut tap).await;
     let ids: Vec<&String> = published.iter().map(|(id, _)| id).collect();
-    assert_eq!(ids.len(), 10, "each webhook once, not once per instance: {ids:#?}");
+    assert_eq!(
+        ids.len(),
+        10,
+        "each webhook once, not once per instance: {ids:#?}"
+    );
     assert_eq!(ids.into_iter().cloned().collect::<BTreeSet<_>>(), accepted);
-    assert!(published.iter().all(|(_, marked)| !marked), "none possibly duplicated");
+    assert!(
+        published.iter().all(|(_, marked)| !marked),
+        "none possibly duplicated"
+    );
 }
 
 #[tokio::test]
@@ -155,8 +179,11 @@ async fn a_recipients_replies_leave_in_publish_order_whichever_instance_sends_th
     let amqp = require_broker!();
     let redis = require_redis!();
     let fake = fake_twilio().await;
-    let cluster = Cluster::start(&amqp, &redis, &fake, 3, 6, &[]).await;
+    let cluster = Cluster::start(&amqp, &redis, &fake, 3, 6, &[("AMQP_PREFETCH", "2")]).await;
     let publisher = EgressPublisher::connect(&amqp, &cluster.exchange, "").await;
+    spread_partitions(&publisher, &fake, &cluster).await;
+    let before = fake.created(Route::Messages).len();
+    let sent_before = sent_per_replica(&cluster).await;
     let recipients = recipients(10, 1000);
     for n in 0..30 {
         for (r, recipient) in recipients.iter().enumerate() {
@@ -170,13 +197,21 @@ async fn a_recipients_replies_leave_in_publish_order_whichever_instance_sends_th
                 topics::EGRESS.to_owned()
             };
             publisher
-                .publish_raw(&topic, &body, Some(&format!("test:{}", uuid::Uuid::new_v4())))
+                .publish_raw(
+                    &topic,
+                    &body,
+                    Some(&format!("test:{}", uuid::Uuid::new_v4())),
+                )
                 .await;
         }
     }
-    let sent = sent_messages(&fake, 300, Duration::from_secs(120), &cluster).await;
-    assert_in_order_once(&sent, &recipients, 30);
-    eprintln!("sent per instance: {:?}", sent_per_replica(&cluster).await);
+    let sent = sent_messages(&fake, before + 300, Duration::from_secs(120), &cluster).await;
+    assert_in_order_once(&sent[before..], &recipients, 30);
+    let sent_after = sent_per_replica(&cluster).await;
+    assert!(
+        senders(&sent_before, &sent_after) >= 2,
+        "one instance sent everything: {sent_before:?} → {sent_after:?}"
+    );
 }
 
 /// Publishes `per_recipient` events to each of `recipients` (interleaved) and waits for them.
@@ -190,12 +225,46 @@ async fn run_stream(
     let before = fake.created(Route::Messages).len();
     for n in 0..per_recipient {
         for recipient in recipients {
-            publisher.publish(&reply_to(recipient, &format!("{recipient} #{n}"))).await;
+            publisher
+                .publish(&reply_to(recipient, &format!("{recipient} #{n}")))
+                .await;
         }
     }
     let total = before + recipients.len() * per_recipient;
     let sent = sent_messages(fake, total, Duration::from_secs(120), cluster).await;
     sent[before..].to_vec()
+}
+
+/// Sends warm-up traffic until at least two instances actively serve partitions: an instance
+/// learns it is active on a partition from its deliveries, and hands over what exceeds its
+/// share.
+async fn spread_partitions(publisher: &EgressPublisher, fake: &FakeTwilio, cluster: &Cluster) {
+    for round in 0..10 {
+        run_stream(
+            publisher,
+            fake,
+            cluster,
+            &recipients(30, 2000 + 100 * round),
+            1,
+        )
+        .await;
+        let mut serving = 0;
+        for replica in &cluster.replicas {
+            serving += usize::from(!replica.active_partitions(&cluster.client).await.is_empty());
+        }
+        if serving >= 2 {
+            return;
+        }
+    }
+    panic!(
+        "partitions never spread over the instances\n{}",
+        cluster.logs()
+    );
+}
+
+/// How many replicas sent something between two [`sent_per_replica`] samples.
+fn senders(before: &[f64], after: &[f64]) -> usize {
+    before.iter().zip(after).filter(|(b, a)| a > b).count()
 }
 
 #[tokio::test]
@@ -215,31 +284,14 @@ async fn one_senders_combined_rate_stays_at_the_limit_across_instances() {
     .await;
     let publisher = EgressPublisher::connect(&amqp, &cluster.exchange, "").await;
 
-    // Warm up until the partitions are spread: an instance learns it is active on a
-    // partition from its deliveries, and hands over what exceeds its share.
-    let mut spread = false;
-    for round in 0..10 {
-        run_stream(&publisher, &fake, &cluster, &recipients(30, 2000 + 100 * round), 1).await;
-        let mut serving = 0;
-        for replica in &cluster.replicas {
-            serving += usize::from(!replica.active_partitions(&cluster.client).await.is_empty());
-        }
-        if serving >= 2 {
-            spread = true;
-            break;
-        }
-    }
-    assert!(spread, "partitions never spread over the instances\n{}", cluster.logs());
-
+    spread_partitions(&publisher, &fake, &cluster).await;
     let sent_before = sent_per_replica(&cluster).await;
     let sent = run_stream(&publisher, &fake, &cluster, &recipients(100, 5000), 1).await;
     let sent_after = sent_per_replica(&cluster).await;
-    let senders = sent_before
-        .iter()
-        .zip(&sent_after)
-        .filter(|(before, after)| after > before)
-        .count();
-    assert!(senders >= 2, "one instance sent everything: {sent_before:?} → {sent_after:?}");
+    assert!(
+        senders(&sent_before, &sent_after) >= 2,
+        "one instance sent everything: {sent_before:?} → {sent_after:?}"
+    );
 
     let first = sent.first().unwrap().received_at;
     let last = sent.last().unwrap().received_at;
@@ -272,23 +324,33 @@ async fn killing_the_instance_active_on_a_partition_loses_and_repeats_nothing() 
     let per_recipient = 12;
     for n in 0..per_recipient {
         for recipient in &recipients {
-            publisher.publish(&reply_to(recipient, &format!("{recipient} #{n}"))).await;
+            publisher
+                .publish(&reply_to(recipient, &format!("{recipient} #{n}")))
+                .await;
         }
     }
     // Mid-stream: the instance serving the first recipient's partition dies.
-    fake.wait_for_requests(Route::Messages, 15, Duration::from_secs(30)).await;
+    fake.wait_for_requests(Route::Messages, 15, Duration::from_secs(30))
+        .await;
     let probe = serde_json::to_vec(&reply_to(&recipients[0], "x")).unwrap();
     let partition = partition_of(&probe, usize::from(partitions)) as u64;
     let mut victim = None;
     for (index, replica) in cluster.replicas.iter().enumerate() {
-        if replica.active_partitions(&cluster.client).await.contains(&partition) {
+        if replica
+            .active_partitions(&cluster.client)
+            .await
+            .contains(&partition)
+        {
             victim = Some(index);
         }
     }
     let victim = victim.expect("some instance serves the partition");
     cluster.replicas[victim].kill();
     let sent_at_kill = fake.created(Route::Messages).len();
-    assert!(sent_at_kill < recipients.len() * per_recipient, "killed mid-stream");
+    assert!(
+        sent_at_kill < recipients.len() * per_recipient,
+        "killed mid-stream"
+    );
 
     let sent = sent_messages(
         &fake,
@@ -332,7 +394,9 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
     let per_recipient = 10;
     for n in 0..per_recipient {
         for recipient in &recipients {
-            publisher.publish(&reply_to(recipient, &format!("{recipient} #{n}"))).await;
+            publisher
+                .publish(&reply_to(recipient, &format!("{recipient} #{n}")))
+                .await;
         }
     }
 
@@ -351,7 +415,8 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
         }
     };
     accepted.extend(post_round(0).await);
-    fake.wait_for_requests(Route::Messages, 8, Duration::from_secs(30)).await;
+    fake.wait_for_requests(Route::Messages, 8, Duration::from_secs(30))
+        .await;
 
     redis.stop();
     for round in 1..4 {
@@ -369,7 +434,12 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
         .await
         .unwrap();
     assert_eq!(readiness["redis"], "down", "{readiness}");
-    assert_eq!(replica.metric(&cluster.client, "ingress_egress_redis_up").await, 0.0);
+    assert_eq!(
+        replica
+            .metric(&cluster.client, "ingress_egress_redis_up")
+            .await,
+        0.0
+    );
 
     redis.resume().await;
     for round in 4..6 {
@@ -394,7 +464,11 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
     );
     let mut up = false;
     for _ in 0..50 {
-        if replica.metric(&cluster.client, "ingress_egress_redis_up").await == 1.0 {
+        if replica
+            .metric(&cluster.client, "ingress_egress_redis_up")
+            .await
+            == 1.0
+        {
             up = true;
             break;
         }
