@@ -46,8 +46,8 @@ pub struct Metrics {
     /// 1 for each egress partition this instance is the active consumer of (it has received
     /// from it since it subscribed), 0 otherwise.
     pub egress_partition_active: IntGaugeVec,
-    /// Consumers (one per instance, active or waiting) of each egress partition queue.
-    pub egress_partition_consumers: IntGaugeVec,
+    /// Instances consuming the egress partitions (counted on their roll-call queue).
+    pub egress_instances: IntGauge,
 }
 
 impl Metrics {
@@ -187,10 +187,9 @@ impl Metrics {
                 "1 for each egress partition this instance actively consumes",
                 &["partition"],
             ),
-            egress_partition_consumers: gauge_vec(
-                "egress_partition_consumers",
-                "Consumers of each egress partition queue (every instance's, active or waiting)",
-                &["partition"],
+            egress_instances: gauge(
+                "egress_instances",
+                "Instances consuming the egress partitions (sampled every few seconds)",
             ),
             registry,
         }

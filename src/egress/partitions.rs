@@ -8,7 +8,10 @@
 //! subscribed, rounded up) releases the excess: it stops taking that partition's deliveries,
 //! lets those in flight finish, then closes the partition's channel, which hands what it had
 //! not started, in order, to the next instance in line, and subscribes again at the end of
-//! the line. An instance knows it is active on a partition once deliveries arrive from it.
+//! the line. An instance knows it is active on a partition once deliveries arrive from it, and
+//! how many instances there are from a roll call: every instance consumes one more queue,
+//! `<AMQP_EGRESS_QUEUE>.instances`, where nothing is ever published, and its consumer count is
+//! the number of instances (a queue with a single active consumer reports only the active one).
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,7 +25,7 @@ use crate::{
         delivery::{SubscriptionProbe, SubscriptionSpec},
         Bus,
     },
-    configuration::BusSettings,
+    configuration::{BusSettings, QueueType},
     metrics::Metrics,
     readiness::ReadyFlag,
 };
@@ -59,11 +62,7 @@ pub(super) fn start(
                     consuming: ReadyFlag::default(),
                     queue_depth: metrics.egress_partition_depth.with_label_values(&[&label]),
                     active: Some(metrics.egress_partition_active.with_label_values(&[&label])),
-                    consumers: Some(
-                        metrics
-                            .egress_partition_consumers
-                            .with_label_values(&[&label]),
-                    ),
+                    consumers: None,
                 },
                 release: Mutex::new(CancellationToken::new()),
             })
@@ -91,17 +90,40 @@ pub(super) fn start(
         .collect();
     let consuming = ReadyFlag::all(flags);
     let flag = consuming.clone();
+    let roll_call = bus.subscribe(
+        roll_call_spec(settings),
+        SubscriptionProbe {
+            consuming: ReadyFlag::default(),
+            queue_depth: prometheus::IntGauge::new("roll_call_depth", "unused").expect("valid"),
+            active: None,
+            consumers: Some(metrics.egress_instances.clone()),
+        },
+    );
+    let instances = metrics.egress_instances.clone();
     let task = tokio::spawn(async move {
         let routing = tokio::spawn(router.run(shutdown.clone()));
-        let balancing = tokio::spawn(balance(partitions, shutdown.clone()));
+        let balancing = tokio::spawn(balance(partitions, instances, shutdown.clone()));
         for consumer_loop in loops {
             let _ = consumer_loop.await;
         }
         let _ = routing.await;
         let _ = balancing.await;
+        roll_call.close().await;
         flag.set(false);
     });
     (consuming, task)
+}
+
+/// The roll-call queue: one consumer per instance, no messages.
+fn roll_call_spec(settings: &BusSettings) -> SubscriptionSpec {
+    SubscriptionSpec {
+        queue: format!("{}.instances", settings.egress_queue),
+        queue_type: QueueType::Classic,
+        topics: Vec::new(),
+        prefetch: 1,
+        consumer_tag: format!("ingress-egress/{}/roll-call", settings.instance_id),
+        single_active_consumer: false,
+    }
 }
 
 /// Consumes one partition until shutdown, subscribing again after every release.
@@ -125,26 +147,26 @@ async fn consume(
 
 /// Releases the partitions this instance serves beyond its fair share, every
 /// [`BALANCE_INTERVAL`].
-async fn balance(partitions: Vec<Arc<Partition>>, shutdown: CancellationToken) {
+async fn balance(
+    partitions: Vec<Arc<Partition>>,
+    instances: prometheus::IntGauge,
+    shutdown: CancellationToken,
+) {
     let mut every = tokio::time::interval(BALANCE_INTERVAL);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        let gauge =
-            |partition: &Partition,
-             pick: fn(&SubscriptionProbe) -> Option<&prometheus::IntGauge>| {
-                pick(&partition.probe).map_or(0, |gauge| gauge.get())
-            };
-        let instances = partitions
-            .iter()
-            .map(|p| gauge(p, |probe| probe.consumers.as_ref()))
-            .max()
-            .unwrap_or(0);
+        let instances = instances.get();
         let active: Vec<&Arc<Partition>> = partitions
             .iter()
-            .filter(|p| gauge(p, |probe| probe.active.as_ref()) == 1)
+            .filter(|p| {
+                p.probe
+                    .active
+                    .as_ref()
+                    .is_some_and(|gauge| gauge.get() == 1)
+            })
             .collect();
         let excess = excess(partitions.len(), instances.max(1) as usize, active.len());
         for partition in active.into_iter().rev().take(excess) {

@@ -334,6 +334,7 @@ impl Drop for Cluster {
         );
         let partitions: Vec<String> = (0..self.partitions)
             .map(|i| format!("{queue}.p{i}"))
+            .chain(std::iter::once(format!("{queue}.instances")))
             .collect();
         let _ = std::thread::spawn(move || {
             delete_broker_objects(&url, &exchange, &queue);
