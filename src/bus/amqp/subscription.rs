@@ -123,7 +123,7 @@ impl Consumer {
                     }
                 }
             };
-            let consumer = match channel
+            let mut consumer = match channel
                 .basic_consume(
                     self.spec.queue.as_str().into(),
                     ShortString::from(self.spec.consumer_tag.as_str()),
@@ -145,7 +145,9 @@ impl Consumer {
             backoff.reset();
             self.probe.consuming.set(true);
             tracing::info!(queue = %self.spec.queue, prefetch = self.spec.prefetch, "consuming");
-            let ended = self.consume(&channel, consumer, &mut links, &link).await;
+            let ended = self
+                .consume(&channel, &mut consumer, &mut links, &link)
+                .await;
             self.probe.consuming.set(false);
             if let Some(active) = &self.probe.active {
                 active.set(0);
@@ -154,6 +156,9 @@ impl Consumer {
                 Ended::Stopped => {
                     self.close.cancelled().await;
                     let _ = channel.close(200, "shutdown".into()).await;
+                    // Dropped only now: dropping a consumer cancels it, and a cancelled single
+                    // active consumer lets the next one start before the channel returned ours.
+                    drop(consumer);
                     return;
                 }
                 Ended::LinkLost => {
@@ -183,7 +188,7 @@ impl Consumer {
     async fn consume(
         &self,
         channel: &Channel,
-        mut consumer: lapin::Consumer,
+        consumer: &mut lapin::Consumer,
         links: &mut watch::Receiver<Option<Arc<Link>>>,
         link: &Arc<Link>,
     ) -> Ended {
