@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(winners.iter().filter(|w| **w).count(), 1);
         store.remove("seen:x").await.unwrap();
         assert_eq!(store.get("seen:x").await.unwrap(), None);
-        assert_eq!(store.status().up, true);
+        assert!(store.status().up);
     }
 
     #[tokio::test]
