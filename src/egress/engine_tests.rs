@@ -253,7 +253,7 @@ fn config() -> Limits {
     }
 }
 
-fn incoming(target: &str, text: &str) -> Received {
+pub(super) fn incoming(target: &str, text: &str) -> Received {
     let event = json!({
         "v": "2",
         "correlationId": uuid::Uuid::new_v4().to_string(),

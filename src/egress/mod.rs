@@ -188,18 +188,7 @@ mod tests {
 
     #[test]
     fn a_recipients_events_share_one_partition_and_recipients_spread() {
-        let event = |to: &str, text: &str| {
-            serde_json::to_vec(&serde_json::json!({
-                "v": "2", "correlationId": "00000000-0000-4000-8000-000000000001",
-                "type": "chat.message.v1",
-                "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "s", "connector": "twilio", "channel": to},
-                "identity": {"external": {"id": to, "platform": "twilio"}},
-                "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat", "channel": to},
-                "routing": {"stage": "s", "slip": [], "history": []},
-                "message": {"id": "m", "role": "assistant", "text": text}
-            }))
-            .unwrap()
-        };
+        let event = |to: &str, text: &str| super::engine_tests::incoming(to, text).body;
         let first = partition_of(&event("+14155550100", "one"), 8);
         assert_eq!(partition_of(&event("+14155550100", "two"), 8), first);
         let used: std::collections::BTreeSet<usize> = (0..40)

@@ -10,51 +10,18 @@ use std::{
 };
 
 use ingress_egress::{
-    bus::message::POSSIBLE_DUPLICATE_HEADER,
-    connectors::twilio::ingress::signature::compute_signature, egress::partition_of,
-    envelope::topics,
+    bus::message::POSSIBLE_DUPLICATE_HEADER, egress::partition_of, envelope::topics,
 };
 use serde_json::Value;
 
 use crate::{
     egress_support::{fake_twilio, reply_to, EgressPublisher},
     fake_twilio::{FakeTwilio, RecordedRequest, Route},
-    helpers::{fixture_tokens, header, BusTap},
+    helpers::{header, BusTap},
+    outbox::{post_sms, signed_sms},
     replicas::{Cluster, PrivateRedis},
     require_broker, require_redis,
 };
-
-/// A signed inbound-SMS webhook for a fresh MessageSid: (message id, body, signature).
-fn signed_sms(text: &str) -> (String, String, String) {
-    let tokens = fixture_tokens();
-    let sid = format!("SM{}", uuid::Uuid::new_v4().simple());
-    let params = vec![
-        ("MessageSid".to_owned(), sid.clone()),
-        ("AccountSid".to_owned(), tokens.account_sid.clone()),
-        ("From".to_owned(), "+14155550100".to_owned()),
-        ("To".to_owned(), "+15005550006".to_owned()),
-        ("Body".to_owned(), text.to_owned()),
-        ("NumMedia".to_owned(), "0".to_owned()),
-    ];
-    let url = format!("{}/webhooks/twilio/sms", tokens.public_base_url);
-    let signature = compute_signature(&tokens.primary_auth_token, &url, &params);
-    (
-        format!("twilio:{sid}"),
-        serde_urlencoded::to_string(&params).unwrap(),
-        signature,
-    )
-}
-
-async fn post_sms(client: &reqwest::Client, address: &str, body: &str, signature: &str) -> u16 {
-    client
-        .post(format!("{address}/webhooks/twilio/sms"))
-        .header("Content-Type", "application/x-www-form-urlencoded")
-        .header("X-Twilio-Signature", signature)
-        .body(body.to_owned())
-        .send()
-        .await
-        .map_or(0, |r| r.status().as_u16())
-}
 
 /// `(message_id, possibly duplicated)` of everything on `tap` until it is quiet for 3 s.
 async fn published(tap: &mut BusTap) -> Vec<(String, bool)> {
@@ -107,6 +74,18 @@ fn bodies_by_recipient(sent: &[RecordedRequest]) -> BTreeMap<String, Vec<String>
     by_recipient
 }
 
+/// Waits for the stream of [`publish_interleaved`] and checks it arrived once, in order.
+async fn assert_stream_delivered(
+    fake: &FakeTwilio,
+    cluster: &Cluster,
+    recipients: &[String],
+    per_recipient: usize,
+) {
+    let count = recipients.len() * per_recipient;
+    let sent = sent_messages(fake, count, Duration::from_secs(120), cluster).await;
+    assert_in_order_once(&sent, recipients, per_recipient);
+}
+
 /// Every recipient got exactly `expected` bodies `0..expected`, once each, in order.
 fn assert_in_order_once(sent: &[RecordedRequest], recipients: &[String], expected: usize) {
     let by_recipient = bodies_by_recipient(sent);
@@ -151,7 +130,7 @@ async fn the_same_signed_webhook_posted_to_every_instance_is_published_once() {
 
     let mut accepted = BTreeSet::new();
     for n in 0..10 {
-        let (id, body, signature) = signed_sms(&format!("hello {n}"));
+        let (id, body, signature) = signed_sms(n);
         let posts = cluster
             .replicas
             .iter()
@@ -214,6 +193,21 @@ async fn a_recipients_replies_leave_in_publish_order_whichever_instance_sends_th
     );
 }
 
+/// Publishes `per_recipient` events to each of `recipients`, interleaved: `<recipient> #<n>`.
+async fn publish_interleaved(
+    publisher: &EgressPublisher,
+    recipients: &[String],
+    per_recipient: usize,
+) {
+    for n in 0..per_recipient {
+        for recipient in recipients {
+            publisher
+                .publish(&reply_to(recipient, &format!("{recipient} #{n}")))
+                .await;
+        }
+    }
+}
+
 /// Publishes `per_recipient` events to each of `recipients` (interleaved) and waits for them.
 async fn run_stream(
     publisher: &EgressPublisher,
@@ -223,13 +217,7 @@ async fn run_stream(
     per_recipient: usize,
 ) -> Vec<RecordedRequest> {
     let before = fake.created(Route::Messages).len();
-    for n in 0..per_recipient {
-        for recipient in recipients {
-            publisher
-                .publish(&reply_to(recipient, &format!("{recipient} #{n}")))
-                .await;
-        }
-    }
+    publish_interleaved(publisher, recipients, per_recipient).await;
     let total = before + recipients.len() * per_recipient;
     let sent = sent_messages(fake, total, Duration::from_secs(120), cluster).await;
     sent[before..].to_vec()
@@ -322,13 +310,7 @@ async fn killing_the_instance_active_on_a_partition_loses_and_repeats_nothing() 
     let publisher = EgressPublisher::connect(&amqp, &cluster.exchange, "").await;
     let recipients = recipients(6, 3000);
     let per_recipient = 12;
-    for n in 0..per_recipient {
-        for recipient in &recipients {
-            publisher
-                .publish(&reply_to(recipient, &format!("{recipient} #{n}")))
-                .await;
-        }
-    }
+    publish_interleaved(&publisher, &recipients, per_recipient).await;
     // Mid-stream: the instance serving the first recipient's partition dies.
     fake.wait_for_requests(Route::Messages, 15, Duration::from_secs(30))
         .await;
@@ -352,14 +334,7 @@ async fn killing_the_instance_active_on_a_partition_loses_and_repeats_nothing() 
         "killed mid-stream"
     );
 
-    let sent = sent_messages(
-        &fake,
-        recipients.len() * per_recipient,
-        Duration::from_secs(120),
-        &cluster,
-    )
-    .await;
-    assert_in_order_once(&sent, &recipients, per_recipient);
+    assert_stream_delivered(&fake, &cluster, &recipients, per_recipient).await;
     let survivors: Vec<Vec<u64>> = {
         let mut all = Vec::new();
         for replica in cluster.replicas.iter().filter(|r| r.is_running()) {
@@ -392,13 +367,7 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
     let publisher = EgressPublisher::connect(&amqp, &cluster.exchange, "").await;
     let recipients = recipients(4, 4000);
     let per_recipient = 10;
-    for n in 0..per_recipient {
-        for recipient in &recipients {
-            publisher
-                .publish(&reply_to(recipient, &format!("{recipient} #{n}")))
-                .await;
-        }
-    }
+    publish_interleaved(&publisher, &recipients, per_recipient).await;
 
     let mut accepted = BTreeSet::new();
     let post_round = |round: usize| {
@@ -406,7 +375,7 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
         async move {
             let mut ids = Vec::new();
             for (i, replica) in cluster.replicas.iter().enumerate() {
-                let (id, body, signature) = signed_sms(&format!("round {round} to {i}"));
+                let (id, body, signature) = signed_sms(round * 10 + i);
                 let status = post_sms(&cluster.client, &replica.address, &body, &signature).await;
                 assert_eq!(status, 200, "webhook refused in round {round}");
                 ids.push(id);
@@ -445,14 +414,7 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
     for round in 4..6 {
         accepted.extend(post_round(round).await);
     }
-    let sent = sent_messages(
-        &fake,
-        recipients.len() * per_recipient,
-        Duration::from_secs(120),
-        &cluster,
-    )
-    .await;
-    assert_in_order_once(&sent, &recipients, per_recipient);
+    assert_stream_delivered(&fake, &cluster, &recipients, per_recipient).await;
 
     let published = published(&mut tap).await;
     let ids: BTreeSet<String> = published.iter().map(|(id, _)| id.clone()).collect();
