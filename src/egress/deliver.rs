@@ -100,7 +100,7 @@ impl Engine {
             }
             Ok(Some(PartRecord::Pending { since })) => Some(since),
             Ok(None) => None,
-            Err(error) => return PartEnd::Requeue(ledger_down(&error)),
+            Err(gave_up) => return PartEnd::Requeue(gave_up.reason()),
         };
         let mut attempts = 0;
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
@@ -184,14 +184,14 @@ impl Engine {
             _ = self.shutdown.cancelled() => return Err(SendOnce::Requeue("shutting down")),
             paced = self.until_answered("rate limit", || route.limiter.acquire(&plan.sender_key)) => paced,
         };
-        if let Err(error) = paced {
-            return Err(SendOnce::Requeue(ledger_down(&error)));
+        if let Err(gave_up) = paced {
+            return Err(SendOnce::Requeue(gave_up.reason()));
         }
-        if let Err(error) = self
+        if let Err(gave_up) = self
             .until_answered("send ledger", || self.ledger.pending(part_key, Utc::now()))
             .await
         {
-            return Err(SendOnce::Requeue(ledger_down(&error)));
+            return Err(SendOnce::Requeue(gave_up.reason()));
         }
         let timer = self
             .metrics
@@ -226,13 +226,12 @@ impl Engine {
 
 impl Engine {
     /// Runs `operation` until the state store answers, pausing in between. Gives up on an
-    /// unreadable entry (returned as is) and on shutdown ([`StoreError::Unavailable`] with
-    /// [`SHUTTING_DOWN`]).
+    /// unreadable entry and on shutdown.
     async fn until_answered<T, F, Fut>(
         &self,
         what: &'static str,
         mut operation: F,
-    ) -> Result<T, StoreError>
+    ) -> Result<T, GaveUp>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -247,7 +246,7 @@ impl Engine {
                     }
                     return Ok(value);
                 }
-                Err(error @ StoreError::Corrupt(_)) => return Err(error),
+                Err(error @ StoreError::Corrupt(_)) => return Err(GaveUp::Unreadable(error)),
                 Err(error) => error,
             };
             if !paused {
@@ -256,17 +255,31 @@ impl Engine {
             }
             tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled() => {
-                    return Err(StoreError::Unavailable(SHUTTING_DOWN.to_owned()))
-                }
+                _ = self.shutdown.cancelled() => return Err(GaveUp::ShuttingDown),
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
     }
 }
 
-/// Why [`Engine::until_answered`] stopped waiting.
-const SHUTTING_DOWN: &str = "shutting down";
+/// Why [`Engine::until_answered`] stopped waiting for the state store.
+enum GaveUp {
+    ShuttingDown,
+    Unreadable(StoreError),
+}
+
+impl GaveUp {
+    /// The reason the event is requeued for.
+    fn reason(self) -> &'static str {
+        match self {
+            GaveUp::ShuttingDown => "shutting down",
+            GaveUp::Unreadable(error) => {
+                tracing::error!(%error, "send ledger unreadable; requeueing rather than risk a duplicate");
+                "send ledger unreadable"
+            }
+        }
+    }
+}
 
 enum SendOnce {
     /// Refused: nothing was created.
@@ -274,12 +287,4 @@ enum SendOnce {
     /// Maybe created: look before the next attempt.
     Ambiguous(SendFailure),
     Requeue(&'static str),
-}
-
-fn ledger_down(error: &StoreError) -> &'static str {
-    if matches!(error, StoreError::Unavailable(why) if why == SHUTTING_DOWN) {
-        return SHUTTING_DOWN;
-    }
-    tracing::error!(%error, "send ledger unreadable; requeueing rather than risk a duplicate");
-    "send ledger unreadable"
 }

@@ -141,7 +141,7 @@ impl RedisStore {
     async fn check(&self) {
         let was_up = self.is_up();
         let result: Result<String, StoreError> = self
-            .run("ping", |mut connection| async move {
+            .attempt("ping", Reach::Connecting, |mut connection| async move {
                 ::redis::cmd("PING").query_async(&mut connection).await
             })
             .await;
@@ -197,27 +197,38 @@ impl RedisStore {
     }
 
     /// Runs one command (bounded by [`OPERATION_TIMEOUT`]) and follows Redis' state from the
-    /// outcome. Only the watcher connects; commands fail at once while there is no connection.
+    /// outcome. Commands fail at once while there is no connection: only the watcher connects.
     async fn run<T, F, Fut>(&self, operation: &'static str, command: F) -> Result<T, StoreError>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = ::redis::RedisResult<T>>,
     {
+        self.attempt(operation, Reach::Connected, command).await
+    }
+
+    async fn attempt<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        reach: Reach,
+        command: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = ::redis::RedisResult<T>>,
+    {
         let attempt = async {
-            let connection = if operation == "ping" {
-                self.connection().await?
-            } else {
-                match self.inner.connection.load_full() {
+            let connection = match reach {
+                Reach::Connecting => self.connection().await?,
+                Reach::Connected => match self.inner.connection.load_full() {
                     Some(connection) => (*connection).clone(),
                     None => return Err("not connected".to_owned()),
-                }
+                },
             };
             command(connection).await.map_err(|e| e.to_string())
         };
-        let limit = if operation == "ping" {
-            CONNECT_TIMEOUT
-        } else {
-            OPERATION_TIMEOUT
+        let limit = match reach {
+            Reach::Connecting => CONNECT_TIMEOUT,
+            Reach::Connected => OPERATION_TIMEOUT,
         };
         let result = match tokio::time::timeout(limit, attempt).await {
             Ok(result) => result,
@@ -244,6 +255,15 @@ impl RedisStore {
             }
         }
     }
+}
+
+/// Whether a command may wait for a connection to be made.
+#[derive(Clone, Copy)]
+enum Reach {
+    /// Only on the connection there is (callers must not wait for Redis).
+    Connected,
+    /// Connects first when there is none (the watcher).
+    Connecting,
 }
 
 /// Redis refuses `PX 0`; an entry that expires at once is set for a millisecond.

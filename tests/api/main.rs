@@ -24,6 +24,7 @@ mod operator;
 mod outbox;
 mod replicas;
 mod second_connector;
+mod shared_state;
 mod signature_fixtures;
 mod sms_webhook;
 mod startup_errors;

@@ -197,20 +197,12 @@ impl AutoJoiner {
         }
     }
 
-    /// Records the outcome for the other instances: joined (when `joined`) and no longer claimed.
-    async fn settle_claim(&self, conversation_sid: &str, joined: bool) {
-        let Some(store) = &self.inner.shared else {
-            return;
-        };
-        if joined {
-            if let Err(error) = store
-                .put(&Self::joined_key(conversation_sid), "1", JOINED_TTL)
-                .await
-            {
-                tracing::warn!(%error, conversation_sid, "join not recorded in the shared joined set");
-            }
+    /// Lets another instance claim the conversation again (a successful join is in the
+    /// joined set already, through [`Self::mark_joined`]).
+    async fn release_claim(&self, conversation_sid: &str) {
+        if let Some(store) = &self.inner.shared {
+            let _ = store.remove(&Self::claim_key(conversation_sid)).await;
         }
-        let _ = store.remove(&Self::claim_key(conversation_sid)).await;
     }
 
     fn remember_pending(&self, conversation_sid: &str) {
@@ -282,9 +274,7 @@ impl AutoJoiner {
             if joiner.claim(&conversation_sid).await {
                 joiner.remember_pending(&conversation_sid);
                 joiner.join_with_retries(&conversation_sid, &identity).await;
-                joiner
-                    .settle_claim(&conversation_sid, joiner.is_joined(&conversation_sid))
-                    .await;
+                joiner.release_claim(&conversation_sid).await;
             }
             joiner.forget_pending(&conversation_sid);
             joiner
