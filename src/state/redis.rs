@@ -453,6 +453,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_tls_url_builds_a_tls_client_that_fails_cleanly_on_a_non_tls_peer() {
+        // A listener that is no TLS server: the client gets as far as the handshake, so its
+        // TLS configuration (roots, crypto provider) is really built.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                drop(socket);
+            }
+        });
+        let settings = RedisSettings {
+            url: SecretString::from(format!("rediss://:tls-secret-88@127.0.0.1:{port}/0")),
+            key_prefix: "x:".into(),
+        };
+        let store = RedisStore::connect(&settings, &Metrics::new()).await.unwrap();
+        assert!(!store.is_up());
+        let error = store.status().last_error.unwrap_or_default();
+        assert!(error.to_lowercase().contains("tls"), "a TLS handshake failed: {error}");
+        assert!(!error.contains("tls-secret-88"), "{error}");
+    }
+
+    #[tokio::test]
     async fn an_unreachable_redis_is_reported_not_waited_for() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
