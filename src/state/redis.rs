@@ -467,10 +467,15 @@ mod tests {
             url: SecretString::from(format!("rediss://:tls-secret-88@127.0.0.1:{port}/0")),
             key_prefix: "x:".into(),
         };
-        let store = RedisStore::connect(&settings, &Metrics::new()).await.unwrap();
+        let store = RedisStore::connect(&settings, &Metrics::new())
+            .await
+            .unwrap();
         assert!(!store.is_up());
         let error = store.status().last_error.unwrap_or_default();
-        assert!(error.to_lowercase().contains("tls"), "a TLS handshake failed: {error}");
+        assert!(
+            error.to_lowercase().contains("tls"),
+            "a TLS handshake failed: {error}"
+        );
         assert!(!error.contains("tls-secret-88"), "{error}");
     }
 

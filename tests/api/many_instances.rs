@@ -317,14 +317,21 @@ async fn killing_the_instance_active_on_a_partition_loses_and_repeats_nothing() 
     let probe = serde_json::to_vec(&reply_to(&recipients[0], "x")).unwrap();
     let partition = partition_of(&probe, usize::from(partitions)) as u64;
     let mut victim = None;
-    for (index, replica) in cluster.replicas.iter().enumerate() {
-        if replica
-            .active_partitions(&cluster.client)
-            .await
-            .contains(&partition)
-        {
-            victim = Some(index);
+    // A partition being handed over is served by nobody until its next delivery: look again.
+    for _ in 0..40 {
+        for (index, replica) in cluster.replicas.iter().enumerate() {
+            if replica
+                .active_partitions(&cluster.client)
+                .await
+                .contains(&partition)
+            {
+                victim = Some(index);
+            }
         }
+        if victim.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let victim = victim.expect("some instance serves the partition");
     cluster.replicas[victim].kill();
