@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::{
     auth::BearerAuth, bus::Bus, configuration::Settings, connectors::Connector, metrics::Metrics,
-    publisher::EventPublisher, readiness::ReadyFlag,
+    publisher::EventPublisher, readiness::ReadyFlag, state::redis::RedisStore,
 };
 
 pub struct AppState {
@@ -18,6 +18,8 @@ pub struct AppState {
     pub egress_consuming: Option<ReadyFlag>,
     /// Guards the debug routes (`DEBUG_TOKEN`).
     pub debug_auth: BearerAuth,
+    /// The shared state store, when `REDIS_URL` is set (its state shows on `/readyz`).
+    pub redis: Option<RedisStore>,
 }
 
 impl AppState {

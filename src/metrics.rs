@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::{
     core::Collector, proto::MetricType, Encoder, Histogram, HistogramOpts, HistogramVec,
-    IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const NAMESPACE: &str = "ingress_egress";
@@ -92,6 +92,18 @@ pub struct Metrics {
     pub egress_rate_limit_wait: HistogramVec,
     /// 1 when `/readyz` would answer 200 (sampled when `/metrics` is scraped).
     pub ready: IntGauge,
+    /// State store operations that failed, by store kind and operation.
+    pub state_store_errors: IntCounterVec,
+    /// Webhooks published after only the local dedupe window was consulted (the shared one
+    /// was unreachable); they carry the possible-duplicate mark.
+    pub dedupe_fallbacks: IntCounter,
+    /// Messages ready in each egress partition queue, sampled by its consumer.
+    pub egress_partition_depth: IntGaugeVec,
+    /// 1 for each egress partition this instance is the active consumer of (it has received
+    /// from it since it subscribed), 0 otherwise.
+    pub egress_partition_active: IntGaugeVec,
+    /// Instances consuming the egress partitions (counted on their roll-call queue).
+    pub egress_instances: IntGauge,
 }
 
 impl Metrics {
@@ -116,6 +128,9 @@ impl Metrics {
         };
         let gauge =
             |name: &str, help: &str| families.add(IntGauge::new(name, help).expect("valid metric"));
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            families.add(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
         let counter = |name: &str, help: &str| {
             families.add(IntCounter::new(name, help).expect("valid metric"))
         };
@@ -210,8 +225,37 @@ impl Metrics {
                 "ready",
                 "1 when the service is ready (broker connected, egress consumer consuming)",
             ),
+            state_store_errors: counter_vec(
+                "state_store_errors_total",
+                "State store operations that failed, by store and operation",
+                &["store", "operation"],
+            ),
+            dedupe_fallbacks: counter(
+                "dedupe_fallbacks_total",
+                "Webhooks deduplicated only locally because the shared store was unreachable",
+            ),
+            egress_partition_depth: gauge_vec(
+                "egress_partition_queue_depth",
+                "Messages waiting in each egress partition queue (sampled every few seconds)",
+                &["partition"],
+            ),
+            egress_partition_active: gauge_vec(
+                "egress_partition_active",
+                "1 for each egress partition this instance actively consumes",
+                &["partition"],
+            ),
+            egress_instances: gauge(
+                "egress_instances",
+                "Instances consuming the egress partitions (sampled every few seconds)",
+            ),
             families,
         }
+    }
+
+    /// Registers a gauge that only some configurations have (its name gets the namespace).
+    pub fn register_gauge(&self, name: &str, help: &str) -> IntGauge {
+        self.families
+            .add(IntGauge::new(name, help).expect("valid metric"))
     }
 
     /// Registers a connector's own counter (its name gets the service's namespace).

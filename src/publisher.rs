@@ -3,6 +3,11 @@
 //! 24 h by default) over message ids, so a provider's retry, or a captured request replayed
 //! within the window, is not published again. Every connector publishes through
 //! [`EventPublisher`].
+//!
+//! With a shared window (Redis) the check is one atomic set-if-absent, so a retry reaching
+//! another instance is caught too. When the shared window cannot answer, an accepted webhook is
+//! never refused for it: the local window ([`EventPublisher::with_local_dedupe`]) decides, and
+//! what it lets through is marked as possibly duplicated.
 
 use std::{
     sync::{Arc, Mutex},
@@ -76,6 +81,8 @@ struct Inner {
     outbox: Outbox,
     /// Message ids accepted within the dedupe window.
     seen: Arc<dyn StateStore>,
+    /// This process's own window, consulted when `seen` (shared) cannot answer.
+    local_seen: Option<Arc<dyn StateStore>>,
     dedupe_window: Duration,
     confirm_timeout: Duration,
     confirms: Mutex<ConfirmRecord>,
@@ -97,12 +104,22 @@ impl EventPublisher {
                 bus,
                 outbox,
                 seen,
+                local_seen: None,
                 dedupe_window,
                 confirm_timeout,
                 confirms: Mutex::default(),
                 metrics,
             }),
         }
+    }
+
+    /// Keeps a local dedupe window beside the shared one, for when the shared one cannot
+    /// answer. Must be called before the publisher is shared.
+    pub fn with_local_dedupe(mut self, local: Arc<dyn StateStore>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_local_dedupe is called before the publisher is shared")
+            .local_seen = Some(local);
+        self
     }
 
     pub fn bus(&self) -> &Bus {
@@ -125,7 +142,10 @@ impl EventPublisher {
         }
     }
 
-    /// Publishes unless the same `message_id` was accepted within the dedupe window.
+    /// Publishes unless the same `message_id` was accepted within the dedupe window. When the
+    /// shared window cannot be consulted the local one decides, and the message goes out marked
+    /// as possibly duplicated (consumers dedupe on the stable `message_id`): an accepted webhook
+    /// is never refused for want of the window.
     pub async fn publish_once(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
         self.publish_once_waiting(message, self.inner.confirm_timeout)
             .await
@@ -150,27 +170,40 @@ impl EventPublisher {
 
     async fn publish_once_waiting(
         &self,
-        message: BusMessage,
+        mut message: BusMessage,
         confirm_wait: Duration,
     ) -> Result<Delivery, PublishFailed> {
         let inner = &self.inner;
         let key = format!("seen:{}", message.message_id);
-        let first = inner
-            .seen
-            .put_if_absent(&key, "1", inner.dedupe_window)
-            .await
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "dedupe window unavailable; publishing (possibly a duplicate)");
-                true
-            });
+        let window = inner.dedupe_window;
+        let first = match inner.seen.put_if_absent(&key, "1", window).await {
+            Ok(first) => {
+                if let Some(local) = &inner.local_seen {
+                    // Known locally too, should the shared window go away.
+                    let _ = local.put(&key, "1", window).await;
+                }
+                first
+            }
+            Err(error) => {
+                tracing::warn!(%error, "shared dedupe window unavailable; deduplicating locally and marking the event as a possible duplicate");
+                inner.metrics.dedupe_fallbacks.inc();
+                message.possible_duplicate = true;
+                match &inner.local_seen {
+                    Some(local) => local.put_if_absent(&key, "1", window).await.unwrap_or(true),
+                    None => true,
+                }
+            }
+        };
         if !first {
             return Ok(Delivery::Duplicate);
         }
         let result = self.publish_waiting(message, confirm_wait).await;
         if result.is_err() {
             // Not accepted: let the provider's retry through.
-            if let Err(error) = inner.seen.remove(&key).await {
-                tracing::warn!(%error, "dedupe mark of a refused event not removed");
+            for store in std::iter::once(&inner.seen).chain(inner.local_seen.as_ref()) {
+                if let Err(error) = store.remove(&key).await {
+                    tracing::warn!(%error, "dedupe mark of a refused event not removed");
+                }
             }
         }
         result

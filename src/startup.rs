@@ -25,7 +25,7 @@ use crate::{
     outbox::Outbox,
     publisher::EventPublisher,
     routes,
-    state::{file::FileStore, memory::MemoryStore},
+    state::{file::FileStore, memory::MemoryStore, redis::RedisStore, RateSlots, StateStore},
     telemetry::request_span::RequestSpan,
 };
 
@@ -79,20 +79,43 @@ impl Application {
             tracing::info!(depth = outbox.depth(), dir = %outbox.dir().display(), "outbox holds events from a previous run");
         }
         let bus = Bus::from_settings(&settings.bus);
-        let publisher = EventPublisher::new(
+        // With REDIS_URL every instance shares dedupe, ledger, opt-outs, joins and send rates.
+        let redis = match &settings.redis {
+            Some(redis) => Some(
+                RedisStore::connect(redis, &metrics)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("configuration error: REDIS_URL: {e}"))?,
+            ),
+            None => None,
+        };
+        let local_dedupe = || Arc::new(MemoryStore::bounded(settings.dedupe_capacity));
+        let seen: Arc<dyn StateStore> = match &redis {
+            Some(redis) => Arc::new(redis.clone()),
+            None => local_dedupe(),
+        };
+        let mut publisher = EventPublisher::new(
             bus.clone(),
             outbox,
-            Arc::new(MemoryStore::bounded(settings.dedupe_capacity)),
+            seen,
             settings.dedupe_ttl,
             settings.bus.confirm_timeout,
             metrics.clone(),
         );
-
-        let state = FileStore::open(settings.outbox_dir.join("state"))
-            .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
-        let ledger = SendLedger::new(Arc::new(state.clone()));
         let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(sweep_state(state.clone(), shutdown.clone())));
+        let state: Arc<dyn StateStore> = match &redis {
+            Some(redis) => {
+                publisher = publisher.with_local_dedupe(local_dedupe());
+                tasks.push(tokio::spawn(redis.clone().watch(shutdown.clone())));
+                Arc::new(redis.clone())
+            }
+            None => {
+                let files = FileStore::open(settings.outbox_dir.join("state"))
+                    .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
+                tasks.push(tokio::spawn(sweep_state(files.clone(), shutdown.clone())));
+                Arc::new(files)
+            }
+        };
+        let ledger = SendLedger::new(state.clone());
         tasks.push(tokio::spawn(
             publisher.clone().drain_outbox(shutdown.clone()),
         ));
@@ -102,7 +125,7 @@ impl Application {
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             operator_auth: BearerAuth::operator(&settings),
-            state: Arc::new(state),
+            state,
             ledger: ledger.clone(),
             shutdown: shutdown.clone(),
         };
@@ -119,6 +142,9 @@ impl Application {
                     sinks,
                     config: EngineConfig {
                         max_parts: settings.egress_max_parts,
+                        rate_slots: redis
+                            .clone()
+                            .map(|redis| Arc::new(redis) as Arc<dyn RateSlots>),
                         ..EngineConfig::default()
                     },
                     publisher: publisher.clone(),
@@ -143,6 +169,7 @@ impl Application {
             connectors: connectors.clone(),
             egress_consuming,
             debug_auth: BearerAuth::debug(&settings),
+            redis,
         });
 
         let limiter = web::Data::new(ClientLimiter::new(

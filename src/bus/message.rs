@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 /// `app_id` stamped on everything we publish.
 pub const APP_ID: &str = "ingress-egress";
 
+/// AMQP header set to `true` on messages published without the shared dedupe window.
+pub const POSSIBLE_DUPLICATE_HEADER: &str = "x-possible-duplicate";
+
 /// One message to publish: the body plus the properties §3.3 of the design asks for.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -29,6 +32,10 @@ pub struct BusMessage {
     pub trace_parent: Option<String>,
     /// JSON body.
     pub body: String,
+    /// Published although the shared dedupe window could not be consulted: consumers should
+    /// dedupe it on `message_id` (the AMQP header `x-possible-duplicate`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub possible_duplicate: bool,
 }
 
 impl BusMessage {
@@ -50,6 +57,7 @@ impl BusMessage {
             timestamp: Utc::now(),
             trace_parent: None,
             body: serde_json::to_string(body)?,
+            possible_duplicate: false,
         })
     }
 }

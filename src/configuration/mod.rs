@@ -56,6 +56,9 @@ pub struct RawSettings {
     otel_exporter_otlp_protocol: Option<String>,
     otel_service_name: Option<String>,
     google_cloud_project: Option<String>,
+    redis_url: Option<String>,
+    redis_key_prefix: Option<String>,
+    egress_partitions: Option<String>,
 }
 
 impl std::fmt::Debug for RawSettings {
@@ -107,6 +110,8 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub debug_token: Option<SecretString>,
     pub operator_token: Option<SecretString>,
+    /// Shared state for several instances; `None` keeps it in this process (and its files).
+    pub redis: Option<RedisSettings>,
     /// Every variable the service started with; connectors read their settings from it.
     pub environment: Environment,
 }
@@ -123,7 +128,21 @@ pub struct BusSettings {
     pub instance_id: String,
     /// How long a webhook waits for the broker's confirm before it falls back to the outbox.
     pub confirm_timeout: Duration,
+    /// How many partition queues egress is spread over (1: the egress queue is consumed as is).
+    pub egress_partitions: u16,
 }
+
+/// The Redis that several instances share (`REDIS_URL`, `REDIS_KEY_PREFIX`).
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// Holds the password (`redis://:password@host`): a secret.
+    pub url: SecretString,
+    /// Prepended to every key, so deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+/// Most partitions `EGRESS_PARTITIONS` may ask for (each is a queue and a consumer per instance).
+pub const MAX_EGRESS_PARTITIONS: u16 = 64;
 
 impl Settings {
     /// Reads and validates the process environment.
@@ -215,10 +234,37 @@ impl Settings {
                 raw.publish_confirm_timeout_ms,
                 2000u64,
             )?),
+            egress_partitions: parse_or("EGRESS_PARTITIONS", raw.egress_partitions, 1u16)?,
         };
         if bus.prefetch == 0 {
             return Err(ConfigError::new("AMQP_PREFETCH", "must be at least 1"));
         }
+        if !(1..=MAX_EGRESS_PARTITIONS).contains(&bus.egress_partitions) {
+            return Err(ConfigError::new(
+                "EGRESS_PARTITIONS",
+                format!("must be between 1 and {MAX_EGRESS_PARTITIONS}"),
+            ));
+        }
+        let redis = non_empty(raw.redis_url)
+            .map(|url| {
+                // Parsed without echoing the value: it holds a password.
+                let parsed = Url::parse(&url)
+                    .map_err(|e| ConfigError::new("REDIS_URL", format!("not a valid URL ({e})")))?;
+                if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                    return Err(ConfigError::new(
+                        "REDIS_URL",
+                        "scheme must be redis://, rediss:// or redis+unix://",
+                    ));
+                }
+                Ok(RedisSettings {
+                    url: SecretString::from(url),
+                    key_prefix: raw
+                        .redis_key_prefix
+                        .clone()
+                        .unwrap_or_else(|| "ingress-egress:".to_owned()),
+                })
+            })
+            .transpose()?;
 
         let telemetry = TelemetrySettings::from_raw(RawTelemetry {
             log_format: raw.log_format,
@@ -286,6 +332,7 @@ impl Settings {
             telemetry,
             debug_token: non_empty(raw.debug_token).map(SecretString::from),
             operator_token: non_empty(raw.operator_token).map(SecretString::from),
+            redis,
             environment,
         })
     }
@@ -296,6 +343,13 @@ impl Settings {
             None => "embedded in-memory bus".to_owned(),
             Some(url) => redact_url(url.expose_secret()),
         }
+    }
+
+    /// The Redis URL with its password removed, or `None` without Redis.
+    pub fn redacted_redis_url(&self) -> Option<String> {
+        self.redis
+            .as_ref()
+            .map(|redis| redact_url(redis.url.expose_secret()))
     }
 
     pub fn is_production(&self) -> bool {
@@ -383,6 +437,34 @@ mod tests {
         let err = settings(&[("AMQP_URL", "http://user:amqp-password-42@broker")]).unwrap_err();
         assert_eq!(err.variable, "AMQP_URL");
         assert!(!err.to_string().contains("amqp-password-42"));
+    }
+
+    #[test]
+    fn redis_and_partitions_are_optional_and_checked() {
+        let s = settings(&[]).unwrap();
+        assert!(s.redis.is_none());
+        assert_eq!(s.bus.egress_partitions, 1);
+        let s = settings(&[
+            (
+                "REDIS_URL",
+                "rediss://:redis-password-42@memorystore:6378/0",
+            ),
+            ("EGRESS_PARTITIONS", "8"),
+        ])
+        .unwrap();
+        assert_eq!(s.bus.egress_partitions, 8);
+        assert_eq!(s.redis.as_ref().unwrap().key_prefix, "ingress-egress:");
+        let shown = s.redacted_redis_url().unwrap();
+        assert!(shown.contains("memorystore:6378"), "{shown}");
+        assert!(!format!("{s:?} {shown}").contains("redis-password-42"));
+
+        let err = settings(&[("REDIS_URL", "http://:redis-password-42@x")]).unwrap_err();
+        assert_eq!(err.variable, "REDIS_URL");
+        assert!(!err.to_string().contains("redis-password-42"));
+        for bad in ["0", "65", "many"] {
+            let err = settings(&[("EGRESS_PARTITIONS", bad)]).unwrap_err();
+            assert_eq!(err.variable, "EGRESS_PARTITIONS");
+        }
     }
 
     #[test]

@@ -4,8 +4,12 @@
 //! sender), and the answer recorded. Retryable failures are retried with backoff (honouring
 //! `Retry-After`) up to the sink's attempt limit; a permanent failure ends the event. Shutdown
 //! requeues at every wait.
+//!
+//! When the state store (the ledger, the shared rate) cannot answer, sending pauses until it
+//! does: sending without the ledger could repeat a message, and requeueing would let the
+//! recipient's next event overtake this one. The event keeps its place in line meanwhile.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use tracing::Instrument;
@@ -83,7 +87,10 @@ impl Engine {
                 attempts,
                 resolved_by: resolved_by.map(str::to_owned),
             };
-        let mut unresolved_since = match self.ledger.get(&part.token).await {
+        let mut unresolved_since = match self
+            .until_answered("send ledger", || self.ledger.get(&part.token))
+            .await
+        {
             Ok(Some(PartRecord::Sent {
                 provider_sid,
                 resolved_by,
@@ -94,7 +101,7 @@ impl Engine {
             }
             Ok(Some(PartRecord::Pending { since })) => Some(since),
             Ok(None) => None,
-            Err(error) => return PartEnd::Requeue(ledger_down(&error)),
+            Err(gave_up) => return PartEnd::Requeue(gave_up.reason()),
         };
         let mut attempts = 0;
         let mut backoff = Backoff::new(self.config.retry_base, self.config.retry_max);
@@ -180,14 +187,20 @@ impl Engine {
             .egress_rate_limit_wait
             .with_label_values(&[connector])
             .start_timer();
-        tokio::select! {
+        let paced = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => return Err(SendOnce::Requeue("shutting down")),
-            _ = route.limiter.acquire(&plan.sender_key) => {}
+            paced = self.until_answered("rate limit", || route.limiter.acquire(&plan.sender_key)) => paced,
+        };
+        if let Err(gave_up) = paced {
+            return Err(SendOnce::Requeue(gave_up.reason()));
         }
         waited.observe_duration();
-        if let Err(error) = self.ledger.pending(part_key, Utc::now()).await {
-            return Err(SendOnce::Requeue(ledger_down(&error)));
+        if let Err(gave_up) = self
+            .until_answered("send ledger", || self.ledger.pending(part_key, Utc::now()))
+            .await
+        {
+            return Err(SendOnce::Requeue(gave_up.reason()));
         }
         let timer = self
             .metrics
@@ -226,15 +239,67 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Runs `operation` until the state store answers, pausing in between. Gives up on an
+    /// unreadable entry and on shutdown.
+    async fn until_answered<T, F, Fut>(
+        &self,
+        what: &'static str,
+        mut operation: F,
+    ) -> Result<T, GaveUp>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StoreError>>,
+    {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+        let mut paused = false;
+        loop {
+            let error = match operation().await {
+                Ok(value) => {
+                    if paused {
+                        tracing::info!(what, "state store answers again; sending resumes");
+                    }
+                    return Ok(value);
+                }
+                Err(error @ StoreError::Corrupt(_)) => return Err(GaveUp::Unreadable(error)),
+                Err(error) => error,
+            };
+            if !paused {
+                tracing::error!(%error, what, "state store unavailable; sending pauses rather than risk a duplicate");
+                paused = true;
+            }
+            tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(GaveUp::ShuttingDown),
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+}
+
+/// Why [`Engine::until_answered`] stopped waiting for the state store.
+enum GaveUp {
+    ShuttingDown,
+    Unreadable(StoreError),
+}
+
+impl GaveUp {
+    /// The reason the event is requeued for.
+    fn reason(self) -> &'static str {
+        match self {
+            GaveUp::ShuttingDown => "shutting down",
+            GaveUp::Unreadable(error) => {
+                tracing::error!(%error, "send ledger unreadable; requeueing rather than risk a duplicate");
+                "send ledger unreadable"
+            }
+        }
+    }
+}
+
 enum SendOnce {
     /// Refused: nothing was created.
     Failed(SendFailure),
     /// Maybe created: look before the next attempt.
     Ambiguous(SendFailure),
     Requeue(&'static str),
-}
-
-fn ledger_down(error: &StoreError) -> &'static str {
-    tracing::error!(%error, "send ledger unavailable; requeueing rather than risk a duplicate");
-    "send ledger unavailable"
 }

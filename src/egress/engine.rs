@@ -31,18 +31,21 @@ use crate::{
     envelope::Media,
     metrics::Metrics,
     publisher::EventPublisher,
+    state::RateSlots,
     telemetry::trace_context::{continue_trace, remote_parent},
 };
 
-/// Backoff between attempts of one part (the attempt count is the sink's), and the most parts
-/// one event may become.
-#[derive(Clone, Debug)]
+/// Backoff between attempts of one part (the attempt count is the sink's), the most parts one
+/// event may become, and where send slots come from.
+#[derive(Clone)]
 pub struct EngineConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
     /// `EGRESS_MAX_PARTS`: longer texts are dead-lettered (`too_long`) rather than sent as
     /// dozens of billed messages.
     pub max_parts: usize,
+    /// Send slots shared with other instances (Redis); `None` paces in this process only.
+    pub rate_slots: Option<Arc<dyn RateSlots>>,
 }
 
 impl Default for EngineConfig {
@@ -51,6 +54,7 @@ impl Default for EngineConfig {
             retry_base: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
             max_parts: 10,
+            rate_slots: None,
         }
     }
 }
@@ -143,8 +147,12 @@ impl Engine {
             .into_iter()
             .map(|sink| {
                 let policy = sink.policy();
+                let limiter = RateLimiter::new(policy.max_send_rate, policy.burst);
                 let route = SinkRoute {
-                    limiter: RateLimiter::new(policy.max_send_rate, policy.burst),
+                    limiter: match &config.rate_slots {
+                        Some(slots) => limiter.shared(slots.clone(), sink.connector()),
+                        None => limiter,
+                    },
                     policy,
                     sink,
                 };

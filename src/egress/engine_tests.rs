@@ -229,6 +229,7 @@ fn harness(limits: Limits) -> Harness {
             retry_base: limits.retry_base,
             retry_max: limits.retry_max,
             max_parts: 5,
+            ..EngineConfig::default()
         },
         shutdown.clone(),
     );
@@ -253,7 +254,7 @@ fn config() -> Limits {
     }
 }
 
-fn incoming(target: &str, text: &str) -> Received {
+pub(super) fn incoming(target: &str, text: &str) -> Received {
     let event = json!({
         "v": "2",
         "correlationId": uuid::Uuid::new_v4().to_string(),

@@ -28,6 +28,12 @@ pub struct Readiness {
     /// Whether the egress consumer is consuming (absent when egress is not running).
     pub egress_consumer: Option<bool>,
     pub outbox_depth: usize,
+    /// The shared state store (`REDIS_URL`): `up` or `down`; absent without one. Not a
+    /// readiness condition: ingress goes on without it (deduplicating locally) and egress
+    /// pauses until it is back, so taking the instance out of service would only refuse
+    /// webhooks.
+    #[schema(example = "up")]
+    pub redis: Option<&'static str>,
 }
 
 /// The process is alive.
@@ -65,6 +71,10 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         broker_confirms: if stalled { "timing_out" } else { "ok" },
         egress_consumer,
         outbox_depth: state.publisher.outbox().depth(),
+        redis: state
+            .redis
+            .as_ref()
+            .map(|redis| if redis.is_up() { "up" } else { "down" }),
     };
     if ready {
         HttpResponse::Ok().json(body)

@@ -4,10 +4,12 @@
 //! `OUTBOX_DIR` ([`file::FileStore`]) and several instances can share them elsewhere.
 //!
 //! Values are short strings (callers store JSON); keys are namespaced by their callers
-//! (`ledger:…`, `optout:…`).
+//! (`ledger:…`, `optout:…`). With `REDIS_URL` every instance shares [`redis::RedisStore`],
+//! which also paces senders across instances ([`RateSlots`]).
 
 pub mod file;
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -20,6 +22,8 @@ pub enum StoreError {
     Io(String),
     #[error("state store entry is unreadable: {0}")]
     Corrupt(String),
+    #[error("state store unreachable: {0}")]
+    Unavailable(String),
 }
 
 /// A key-value store whose entries expire.
@@ -47,4 +51,22 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Where the entries live, for the debug snapshot (`file`, `memory`, …).
     fn kind(&self) -> &'static str;
+
+    /// Whether other instances see these entries (and may write them concurrently).
+    fn is_shared(&self) -> bool {
+        false
+    }
+}
+
+/// Send slots of a rate that every instance shares: a GCRA whose state and clock are the
+/// store's, so N instances together keep one sender's rate.
+pub trait RateSlots: Send + Sync + 'static {
+    /// Reserves the next slot of `key`, one per `interval`, at most `tolerance` ahead of
+    /// schedule; returns how long the caller must wait for it.
+    fn reserve<'a>(
+        &'a self,
+        key: &'a str,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> BoxFuture<'a, Result<Duration, StoreError>>;
 }

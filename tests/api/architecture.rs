@@ -20,10 +20,11 @@ use crate::helpers::spawn_app;
 /// under `platformEnv`, `.env.example` need not.
 const PLATFORM_VARS: &[&str] = &["K_SERVICE", "K_REVISION", "HOSTNAME"];
 /// Read by tests or scripts only, never by the service.
-const TEST_ONLY_VARS: &[&str] = &["REQUIRE_AMQP", "UPDATE_OPENAPI"];
+const TEST_ONLY_VARS: &[&str] = &["REQUIRE_AMQP", "REQUIRE_REDIS", "UPDATE_OPENAPI"];
 /// Values that must come from Secret Manager, never from plain env.
 const SECRETS: &[&str] = &[
     "AMQP_URL",
+    "REDIS_URL",
     "TWILIO_AUTH_TOKEN",
     "TWILIO_SECONDARY_AUTH_TOKEN",
     "TWILIO_API_SECRET",

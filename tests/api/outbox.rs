@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// A signed inbound-SMS form for a fresh MessageSid.
-fn signed_sms(index: usize) -> (String, String, String) {
+pub(crate) fn signed_sms(index: usize) -> (String, String, String) {
     let tokens = fixture_tokens();
     let sid = format!("SM{:032x}", uuid::Uuid::new_v4().as_u128() ^ index as u128);
     let params = vec![
@@ -34,7 +34,12 @@ fn signed_sms(index: usize) -> (String, String, String) {
     )
 }
 
-async fn post_sms(client: &reqwest::Client, address: &str, body: &str, signature: &str) -> u16 {
+pub(crate) async fn post_sms(
+    client: &reqwest::Client,
+    address: &str,
+    body: &str,
+    signature: &str,
+) -> u16 {
     client
         .post(format!("{address}/webhooks/twilio/sms"))
         .header("Content-Type", "application/x-www-form-urlencoded")

@@ -88,12 +88,16 @@ impl TwilioConnector {
             warn_unconfigured_url: Arc::new(AtomicBool::new(true)),
         };
         let twilio = Twilio::new(settings, context.publisher.clone(), context.metrics.clone());
-        let auto_joiner = AutoJoiner::new(
+        let mut auto_joiner = AutoJoiner::new(
             twilio.settings().identity.clone(),
             twilio.rest().clone(),
             context.metrics.clone(),
-        )
-        .persisting_in(context.settings.outbox_dir.join("pending-joins"));
+        );
+        if context.state.is_shared() {
+            auto_joiner = auto_joiner.sharing(context.state.clone());
+        }
+        let auto_joiner =
+            auto_joiner.persisting_in(context.settings.outbox_dir.join("pending-joins"));
         Self {
             ingress: IngressContext::new(
                 twilio.clone(),
