@@ -351,12 +351,18 @@ pub fn fixture(name: &str) -> Fixture {
     serde_json::from_str(&text).expect("fixture parses")
 }
 
-/// Every fixture, sorted by name.
+/// Files in `fixtures/twilio/` that are not signed webhook requests.
+const NOT_WEBHOOK_FIXTURES: &[&str] = &["tokens.json", "access_token.json"];
+
+/// Every webhook fixture, sorted by name.
 pub fn all_fixtures() -> Vec<Fixture> {
     let mut fixtures: Vec<Fixture> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("tokens.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !NOT_WEBHOOK_FIXTURES.iter().any(|name| p.ends_with(name))
+        })
         .map(|p| serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
         .collect();
     fixtures.sort_by(|a, b| a.name.cmp(&b.name));
