@@ -4,7 +4,10 @@
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
-use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
+use actix_web::{
+    dev::{Server, ServerHandle},
+    web, App, HttpResponse, HttpServer,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
@@ -32,7 +35,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 pub struct Application {
     port: u16,
-    connector_names: Vec<&'static str>,
+    connectors: Vec<Arc<dyn Connector>>,
     server: Server,
     bus: Bus,
     shutdown: CancellationToken,
@@ -111,7 +114,6 @@ impl Application {
             Some(consuming)
         };
 
-        let connector_names = connectors.iter().map(|c| c.name()).collect();
         let api_doc = openapi::document(connectors.iter().map(|c| c.as_ref()));
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -123,6 +125,7 @@ impl Application {
             debug_auth: BearerAuth::debug(&settings),
         });
 
+        let routed = connectors.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(tracing_actix_web::TracingLogger::default())
@@ -144,7 +147,7 @@ impl Application {
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .url("/api-docs/openapi.json", api_doc.clone()),
                 );
-            for connector in &connectors {
+            for connector in &routed {
                 let connector = connector.clone();
                 app = app.configure(move |config| connector.configure_routes(config));
             }
@@ -158,7 +161,7 @@ impl Application {
 
         Ok(Self {
             port,
-            connector_names,
+            connectors,
             server,
             bus,
             shutdown,
@@ -171,8 +174,14 @@ impl Application {
     }
 
     /// The connectors this instance serves.
-    pub fn connector_names(&self) -> &[&'static str] {
-        &self.connector_names
+    pub fn connector_names(&self) -> Vec<&'static str> {
+        self.connectors.iter().map(|c| c.name()).collect()
+    }
+
+    /// Stops the HTTP server as SIGTERM would (`run_until_stopped` then finishes the
+    /// background work); for embedding programs and tests.
+    pub fn server_handle(&self) -> ServerHandle {
+        self.server.handle()
     }
 
     /// Cancelling this token stops the background work (egress consumer, outbox drainer) as a
@@ -190,6 +199,17 @@ impl Application {
         for task in self.tasks {
             if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
                 tracing::warn!("a background task did not stop in time");
+            }
+        }
+        for connector in &self.connectors {
+            if tokio::time::timeout(SHUTDOWN_GRACE, connector.stopped())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connector = connector.name(),
+                    "a connector's background work did not stop in time"
+                );
             }
         }
         self.bus.close().await;

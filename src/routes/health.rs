@@ -1,10 +1,12 @@
 //! Liveness and readiness probes.
 
+use std::collections::BTreeMap;
+
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app_state::AppState;
+use crate::{app_state::AppState, connectors::LinkReadiness};
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -24,6 +26,10 @@ pub struct Readiness {
     /// Whether the egress consumer is consuming (absent when egress is not running).
     pub egress_consumer: Option<bool>,
     pub outbox_depth: usize,
+    /// Each connector's own link (e.g. a platform WebSocket), when it holds one; the service
+    /// is not ready while one is down. Absent when no connector holds a link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connectors: Option<BTreeMap<String, LinkReadiness>>,
 }
 
 /// The process is alive.
@@ -48,7 +54,13 @@ pub async fn livez() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let broker_up = state.bus.is_ready();
     let egress_consumer = state.egress_consuming.as_ref().map(|flag| flag.get());
-    let ready = broker_up && egress_consumer.unwrap_or(true);
+    let links: BTreeMap<String, LinkReadiness> = state
+        .connectors
+        .iter()
+        .filter_map(|c| Some((c.name().to_owned(), c.readiness()?)))
+        .collect();
+    let ready =
+        broker_up && egress_consumer.unwrap_or(true) && links.values().all(|link| link.ready);
     let broker = match state.bus.state() {
         crate::bus::BusState::Connected => "connected",
         crate::bus::BusState::Connecting { .. } => "connecting",
@@ -59,6 +71,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         broker: broker.to_owned(),
         egress_consumer,
         outbox_depth: state.publisher.outbox().depth(),
+        connectors: (!links.is_empty()).then_some(links),
     };
     if ready {
         HttpResponse::Ok().json(body)

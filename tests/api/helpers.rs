@@ -64,6 +64,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     _outbox_guard: Option<tempfile::TempDir>,
     server: tokio::task::JoinHandle<()>,
+    server_handle: actix_web::dev::ServerHandle,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -183,6 +184,7 @@ pub async fn spawn_app_with_connectors(
         .expect("application builds");
     let port = application.port();
     let shutdown = application.shutdown_token();
+    let server_handle = application.server_handle();
     let server = tokio::spawn(async move {
         let _ = application.run_until_stopped().await;
     });
@@ -196,12 +198,24 @@ pub async fn spawn_app_with_connectors(
         client: reqwest::Client::new(),
         _outbox_guard: outbox_guard,
         server,
+        server_handle,
         shutdown,
     };
     app
 }
 
 impl TestApp {
+    /// Stops the app as SIGTERM would and waits until its background work has finished;
+    /// its broker objects stay (they go when the app is dropped), so another app can take
+    /// over its exchange, queue and outbox.
+    pub async fn stop(&mut self) {
+        self.server_handle.stop(true).await;
+        tokio::time::timeout(Duration::from_secs(20), &mut self.server)
+            .await
+            .expect("the app stops within 20 s")
+            .expect("the app's task ends cleanly");
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;

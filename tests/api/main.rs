@@ -5,6 +5,7 @@ pub mod fake_twilio;
 mod helpers;
 
 mod architecture;
+mod connector_link;
 mod conversations;
 mod conversations_service;
 mod debug_snapshot;
