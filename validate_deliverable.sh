@@ -21,6 +21,10 @@ cargo clippy --locked --all-targets --features websocket -- -D warnings
 step "tests (RabbitMQ required)"
 REQUIRE_AMQP=1 cargo test --locked
 
+step "WebSocket transport: emulator proven against Twilio's SDK, then our client and service"
+bash tests/twilio-emulator/run.sh
+REQUIRE_AMQP=1 cargo test --locked --features websocket --lib --test websocket
+
 step "Swagger UI in headless Chromium"
 bash tests/browser/run.sh
 

@@ -15,6 +15,8 @@
 //! message is there, reports it as accepted instead of sending it again. A failed lookup falls
 //! back to resending. The memory is per process: a redelivery to another instance resends.
 
+#[cfg(feature = "websocket")]
+use std::sync::Arc;
 use std::{
     collections::HashMap,
     sync::{Mutex, PoisonError},
@@ -27,6 +29,8 @@ use url::Url;
 use futures_util::future::BoxFuture;
 
 use super::split;
+#[cfg(feature = "websocket")]
+use crate::connectors::twilio::websocket::egress::SocketEgress;
 use crate::{
     connectors::twilio::{
         address::Address,
@@ -55,6 +59,9 @@ pub struct TwilioSink {
     /// Idempotency token → start of the first Messages attempt of that part whose outcome is
     /// unknown (5xx, timeout, network failure after connecting).
     ambiguous: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// `TWILIO_EGRESS_TRANSPORT=websocket`: conversation replies go over the socket.
+    #[cfg(feature = "websocket")]
+    socket: Option<Arc<SocketEgress>>,
 }
 
 impl TwilioSink {
@@ -64,7 +71,17 @@ impl TwilioSink {
             twilio,
             rest,
             ambiguous: Mutex::new(HashMap::new()),
+            #[cfg(feature = "websocket")]
+            socket: None,
         }
+    }
+
+    /// Posts conversation replies over the socket instead of REST (media by SID still go
+    /// through REST: the socket cannot attach them).
+    #[cfg(feature = "websocket")]
+    pub fn with_socket(mut self, socket: Option<Arc<SocketEgress>>) -> Self {
+        self.socket = socket;
+        self
     }
 
     fn ambiguous(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
@@ -182,6 +199,12 @@ impl TwilioSink {
                 (Some(text), false) => Some(format!("{text}\n{}", links.join("\n"))),
                 (None, false) => Some(links.join("\n")),
             };
+            #[cfg(feature = "websocket")]
+            if let (Some(socket), None) = (&self.socket, media_sid) {
+                return socket
+                    .send(conversation_sid, body.as_deref(), part.idempotency_token)
+                    .await;
+            }
             self.rest
                 .create_conversation_message(&NewConversationMessage {
                     conversation_sid,
