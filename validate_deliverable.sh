@@ -28,6 +28,10 @@ step "alerting rules (promtool)"
 promtool check rules deploy/prometheus/alerts.yaml
 (cd deploy/prometheus && promtool test rules alerts.test.yaml)
 
+step "WebSocket transport: emulator proven against Twilio's SDK, then our client and service"
+bash tests/twilio-emulator/run.sh
+REQUIRE_AMQP=1 cargo test --locked --features websocket --lib --test websocket
+
 step "Swagger UI in headless Chromium"
 bash tests/browser/run.sh
 

@@ -32,6 +32,11 @@ impl AppState {
                 .egress_consuming
                 .as_ref()
                 .is_none_or(|consuming| consuming.get())
+            && self
+                .connectors
+                .iter()
+                .filter_map(|connector| connector.readiness())
+                .all(|link| link.ready)
     }
 
     pub fn connector(&self, name: &str) -> Option<&Arc<dyn Connector>> {

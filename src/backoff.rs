@@ -40,6 +40,24 @@ impl Backoff {
         rand::rng().random_range(low..=ceiling)
     }
 
+    /// The next delay, but never shorter than `floor`, a wait the other side asked for
+    /// (`Retry-After`, a reconnect minimum). The floor is itself jittered upwards by up to 20 %
+    /// so clients told the same number do not come back in lockstep.
+    pub fn next_delay_at_least(&mut self, floor: Option<Duration>) -> Duration {
+        let delay = self.next_delay();
+        match floor {
+            Some(floor) if floor > delay => {
+                let spread = floor / 5;
+                if spread.is_zero() {
+                    floor
+                } else {
+                    floor + rand::rng().random_range(Duration::ZERO..=spread)
+                }
+            }
+            _ => delay,
+        }
+    }
+
     pub fn reset(&mut self) {
         self.attempt = 0;
     }
@@ -68,5 +86,26 @@ mod tests {
         }
         backoff.reset();
         assert_eq!(backoff.attempts(), 0);
+    }
+
+    #[test]
+    fn a_floor_wins_over_a_shorter_delay() {
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(20));
+        for _ in 0..20 {
+            let delay = backoff.next_delay_at_least(Some(Duration::from_millis(500)));
+            assert!(delay >= Duration::from_millis(500) && delay <= Duration::from_millis(600));
+        }
+        let delay = backoff.next_delay_at_least(Some(Duration::from_millis(1)));
+        assert!(delay <= Duration::from_millis(20));
+        assert!(backoff.next_delay_at_least(None) <= Duration::from_millis(20));
+    }
+
+    #[test]
+    fn huge_attempt_counts_do_not_overflow() {
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(120));
+        for _ in 0..100 {
+            assert!(backoff.next_delay() <= Duration::from_secs(120));
+        }
+        assert_eq!(backoff.ceiling(u32::MAX), Duration::from_secs(120));
     }
 }

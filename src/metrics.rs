@@ -272,6 +272,15 @@ impl Metrics {
         )
     }
 
+    /// Registers a connector's collector: metrics it computes when scraped, from state it
+    /// keeps itself (a socket's counters and connection state).
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.families
+            .registry
+            .register(collector)
+            .expect("collector registered once");
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();

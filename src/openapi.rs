@@ -5,7 +5,11 @@ use utoipa::{
     Modify, OpenApi,
 };
 
-use crate::{connectors::Connector, error::ErrorBody, routes};
+use crate::{
+    connectors::{Connector, LinkReadiness},
+    error::ErrorBody,
+    routes,
+};
 
 /// `/_debug/{connector}` is documented once per registered connector, as `/_debug/<name>`.
 const SNAPSHOT_TEMPLATE: &str = "/_debug/{connector}";
@@ -24,7 +28,12 @@ const SNAPSHOT_TEMPLATE: &str = "/_debug/{connector}";
         routes::debug::connector_snapshot,
         routes::debug::recent_events,
     ),
-    components(schemas(routes::health::Health, routes::health::Readiness, ErrorBody)),
+    components(schemas(
+        routes::health::Health,
+        routes::health::Readiness,
+        LinkReadiness,
+        ErrorBody
+    )),
     modifiers(&BearerAuth),
     tags((name = "operations", description = "Health, metrics and debug views"),
         (name = "operator", description = "Operator actions (bearer DEBUG_TOKEN or OPERATOR_TOKEN)"))

@@ -4,7 +4,10 @@
 
 use std::{net::TcpListener, sync::Arc, time::Duration};
 
-use actix_web::{dev::Server, web, App, HttpResponse, HttpServer};
+use actix_web::{
+    dev::{Server, ServerHandle},
+    web, App, HttpResponse, HttpServer,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
@@ -40,7 +43,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 pub struct Application {
     port: u16,
-    connector_names: Vec<&'static str>,
+    connectors: Vec<Arc<dyn Connector>>,
     server: Server,
     bus: Bus,
     shutdown: CancellationToken,
@@ -159,7 +162,6 @@ impl Application {
             Some(consuming)
         };
 
-        let connector_names = connectors.iter().map(|c| c.name()).collect();
         let api_doc = openapi::document(connectors.iter().map(|c| c.as_ref()));
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -177,6 +179,7 @@ impl Application {
             settings.trust_forwarded_headers,
             state.metrics.clone(),
         ));
+        let routed = connectors.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
                 .wrap(from_fn(limit_per_client))
@@ -201,7 +204,7 @@ impl Application {
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .url("/api-docs/openapi.json", api_doc.clone()),
                 );
-            for connector in &connectors {
+            for connector in &routed {
                 let connector = connector.clone();
                 app = app.configure(move |config| connector.configure_routes(config));
             }
@@ -219,7 +222,7 @@ impl Application {
 
         Ok(Self {
             port,
-            connector_names,
+            connectors,
             server,
             bus,
             shutdown,
@@ -232,8 +235,14 @@ impl Application {
     }
 
     /// The connectors this instance serves.
-    pub fn connector_names(&self) -> &[&'static str] {
-        &self.connector_names
+    pub fn connector_names(&self) -> Vec<&'static str> {
+        self.connectors.iter().map(|c| c.name()).collect()
+    }
+
+    /// Stops the HTTP server as SIGTERM would (`run_until_stopped` then finishes the
+    /// background work); for embedding programs and tests.
+    pub fn server_handle(&self) -> ServerHandle {
+        self.server.handle()
     }
 
     /// Cancelling this token stops the background work (egress consumer, outbox drainer) as a
@@ -251,6 +260,17 @@ impl Application {
         for task in self.tasks {
             if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
                 tracing::warn!("a background task did not stop in time");
+            }
+        }
+        for connector in &self.connectors {
+            if tokio::time::timeout(SHUTDOWN_GRACE, connector.stopped())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    connector = connector.name(),
+                    "a connector's background work did not stop in time"
+                );
             }
         }
         self.bus.close().await;

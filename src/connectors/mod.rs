@@ -9,8 +9,11 @@ pub mod twilio;
 use std::sync::Arc;
 
 use actix_web::web;
+use futures_util::future::BoxFuture;
 use secrecy::SecretString;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
 
 use crate::{
     auth::BearerAuth,
@@ -42,12 +45,36 @@ pub trait Connector: Send + Sync + 'static {
     /// The secrets the connector holds, masked wherever the service shows text it did not
     /// write itself (the debug snapshot).
     fn secrets(&self) -> Vec<&SecretString>;
+
+    /// The state of a link the connector holds itself (a platform socket), for `/readyz`;
+    /// `None` when it holds none.
+    fn readiness(&self) -> Option<LinkReadiness> {
+        None
+    }
+
+    /// Completes once the background work the connector started (stopped by
+    /// `ConnectorContext::shutdown`) has finished; the service waits for it when it stops.
+    fn stopped(&self) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// A connector's own link to its platform, as `/readyz` reports it.
+#[derive(Clone, Debug, Serialize, ToSchema)]
+pub struct LinkReadiness {
+    /// Whether the link is up; the service is not ready while it is down.
+    pub ready: bool,
+    /// What the link is and how it is doing (non-secret), e.g.
+    /// `{"transport": "websocket", "connection": {"state": "connected"}}`.
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
 }
 
 /// What a connector is built from: the settings (its own are read from
 /// `settings.environment`), the shared publisher and metrics, the operator guard, the state
 /// store and the send ledger (which the connector's ingress may complete, e.g. from delivery
-/// callbacks), and the service's stop signal.
+/// callbacks), and the service's stop signal, which also stops whatever background work a
+/// connector starts while it is built.
 #[derive(Clone)]
 pub struct ConnectorContext {
     pub settings: Arc<Settings>,

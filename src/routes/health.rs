@@ -1,10 +1,12 @@
 //! Liveness and readiness probes.
 
+use std::collections::BTreeMap;
+
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::app_state::AppState;
+use crate::{app_state::AppState, connectors::LinkReadiness};
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
@@ -34,6 +36,10 @@ pub struct Readiness {
     /// webhooks.
     #[schema(example = "up")]
     pub redis: Option<&'static str>,
+    /// Each connector's own link (e.g. a platform WebSocket), when it holds one; the service
+    /// is not ready while one is down. Absent when no connector holds a link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connectors: Option<BTreeMap<String, LinkReadiness>>,
 }
 
 /// The process is alive.
@@ -60,6 +66,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let ready = state.is_ready();
     let stalled = state.publisher.confirms_stalled();
     let egress_consumer = state.egress_consuming.as_ref().map(|flag| flag.get());
+    let links: BTreeMap<String, LinkReadiness> = state
+        .connectors
+        .iter()
+        .filter_map(|c| Some((c.name().to_owned(), c.readiness()?)))
+        .collect();
     let broker = match state.bus.state() {
         crate::bus::BusState::Connected => "connected",
         crate::bus::BusState::Connecting { .. } => "connecting",
@@ -75,6 +86,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .redis
             .as_ref()
             .map(|redis| if redis.is_up() { "up" } else { "down" }),
+        connectors: (!links.is_empty()).then_some(links),
     };
     if ready {
         HttpResponse::Ok().json(body)

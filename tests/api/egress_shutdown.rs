@@ -70,7 +70,7 @@ impl Consumer {
         };
         let twilio =
             TwilioSettings::from_environment(&settings.environment, settings.app_env).unwrap();
-        let connector = TwilioConnector::new(&context, twilio);
+        let connector = TwilioConnector::new(&context, twilio).expect("connector builds");
         let (ready, task) = egress::start(
             EgressSetup {
                 sinks: connector.egress_sink().into_iter().collect(),

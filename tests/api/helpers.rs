@@ -68,6 +68,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     _outbox_guard: Option<tempfile::TempDir>,
     server: tokio::task::JoinHandle<()>,
+    server_handle: actix_web::dev::ServerHandle,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -208,6 +209,7 @@ pub async fn spawn_app_with_connectors(
         .expect("application builds");
     let port = application.port();
     let shutdown = application.shutdown_token();
+    let server_handle = application.server_handle();
     let server = tokio::spawn(async move {
         let _ = application.run_until_stopped().await;
     });
@@ -221,12 +223,24 @@ pub async fn spawn_app_with_connectors(
         client: reqwest::Client::new(),
         _outbox_guard: outbox_guard,
         server,
+        server_handle,
         shutdown,
     };
     app
 }
 
 impl TestApp {
+    /// Stops the app as SIGTERM would and waits until its background work has finished;
+    /// its broker objects stay (they go when the app is dropped), so another app can take
+    /// over its exchange, queue and outbox.
+    pub async fn stop(&mut self) {
+        self.server_handle.stop(true).await;
+        tokio::time::timeout(Duration::from_secs(20), &mut self.server)
+            .await
+            .expect("the app stops within 20 s")
+            .expect("the app's task ends cleanly");
+    }
+
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
@@ -431,12 +445,18 @@ pub fn fixture(name: &str) -> Fixture {
     serde_json::from_str(&text).expect("fixture parses")
 }
 
-/// Every fixture, sorted by name.
+/// Files in `fixtures/twilio/` that are not signed webhook requests.
+const NOT_WEBHOOK_FIXTURES: &[&str] = &["tokens.json", "access_token.json"];
+
+/// Every webhook fixture, sorted by name.
 pub fn all_fixtures() -> Vec<Fixture> {
     let mut fixtures: Vec<Fixture> = std::fs::read_dir(fixtures_dir())
         .expect("fixtures dir")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.ends_with("tokens.json"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && !NOT_WEBHOOK_FIXTURES.iter().any(|name| p.ends_with(name))
+        })
         .map(|p| serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap())
         .collect();
     fixtures.sort_by(|a, b| a.name.cmp(&b.name));

@@ -9,6 +9,7 @@ mod architecture;
 mod asyncapi;
 mod broker_proxy;
 mod broker_trouble;
+mod connector_link;
 mod conversations;
 mod conversations_service;
 mod debug_snapshot;

@@ -44,6 +44,76 @@ pub struct RawTwilio {
     max_send_attempts: Option<String>,
     request_timeout_ms: Option<String>,
     event_streams_max_body_bytes: Option<String>,
+    transport: Option<String>,
+    egress_transport: Option<String>,
+    twilsock_url: Option<String>,
+    region: Option<String>,
+    token_ttl_seconds: Option<String>,
+    leave_closed_after_days: Option<String>,
+}
+
+/// Where inbound messages come from (`TWILIO_TRANSPORT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// Twilio calls the webhooks.
+    Webhook,
+    /// The service holds a Conversations WebSocket session (feature `websocket`).
+    Websocket,
+    /// Both; a message seen both ways is published once.
+    Both,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Webhook => "webhook",
+            Transport::Websocket => "websocket",
+            Transport::Both => "both",
+        }
+    }
+
+    /// Whether the WebSocket session runs.
+    pub fn uses_socket(self) -> bool {
+        self != Transport::Webhook
+    }
+}
+
+/// How replies to Conversations (`CH…`) are posted (`TWILIO_EGRESS_TRANSPORT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EgressTransport {
+    /// The Conversations REST API.
+    Rest,
+    /// The WebSocket session the ingress side holds.
+    Websocket,
+}
+
+impl EgressTransport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressTransport::Rest => "rest",
+            EgressTransport::Websocket => "websocket",
+        }
+    }
+}
+
+/// The Conversations socket: where it connects and how its tokens and conversations are
+/// managed. Read whatever the transport; only used when it includes the socket.
+#[derive(Clone, Debug)]
+pub struct SocketSettings {
+    /// `TWILIO_TWILSOCK_URL`, else Twilio's endpoint for the region.
+    pub twilsock_url: Url,
+    /// `TWILIO_REGION` (`us1`): the twilsock host, the hosts named inside frames and the
+    /// token's `twr` header.
+    pub region: String,
+    /// Lifetime of each locally minted Access Token.
+    pub token_ttl: Duration,
+    /// Leave conversations closed for at least this many days (opt-in).
+    pub leave_closed_after_days: Option<u32>,
+}
+
+/// Twilio's twilsock endpoint for a region.
+pub fn default_twilsock_url(region: &str) -> String {
+    format!("wss://tsock.{region}.twilio.com/v3/wsconnect")
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +145,9 @@ pub struct TwilioSettings {
     /// Body cap of the Event Streams webhook: its batches outgrow the form webhooks' cap, and
     /// a 4xx answer makes Twilio discard the whole batch.
     pub event_streams_max_body_bytes: usize,
+    pub transport: Transport,
+    pub egress_transport: EgressTransport,
+    pub socket: SocketSettings,
 }
 
 impl TwilioSettings {
@@ -112,6 +185,47 @@ impl TwilioSettings {
         if let Some(key) = &api_key {
             check_sid("TWILIO_API_KEY", key, "SK")?;
         }
+        let transport = match non_empty(raw.transport).as_deref() {
+            None | Some("webhook") => Transport::Webhook,
+            Some("websocket") => Transport::Websocket,
+            Some("both") => Transport::Both,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "TWILIO_TRANSPORT",
+                    format!("expected webhook, websocket or both, got {other:?}"),
+                ))
+            }
+        };
+        let egress_transport = match non_empty(raw.egress_transport).as_deref() {
+            None | Some("rest") => EgressTransport::Rest,
+            Some("websocket") => EgressTransport::Websocket,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "TWILIO_EGRESS_TRANSPORT",
+                    format!("expected rest or websocket, got {other:?}"),
+                ))
+            }
+        };
+        let socket = socket_settings(
+            raw.twilsock_url,
+            raw.region,
+            raw.token_ttl_seconds,
+            raw.leave_closed_after_days,
+        )?;
+        if enabled {
+            check_socket_requirements(
+                transport,
+                egress_transport,
+                &[
+                    ("TWILIO_ACCOUNT_SID", account_sid.is_some()),
+                    ("TWILIO_API_KEY", api_key.is_some()),
+                    ("TWILIO_API_SECRET", api_secret.is_some()),
+                    ("TWILIO_CHAT_SERVICE_SID", chat_service_sid.is_some()),
+                    ("TWILIO_IDENTITY", non_empty(raw.identity.clone()).is_some()),
+                ],
+            )?;
+        }
+
         if api_key.is_some() != api_secret.is_some() {
             let missing = if api_key.is_some() {
                 "TWILIO_API_SECRET"
@@ -224,6 +338,9 @@ impl TwilioSettings {
                 10_000u64,
             )?),
             event_streams_max_body_bytes,
+            transport,
+            egress_transport,
+            socket,
         })
     }
 
@@ -237,6 +354,106 @@ impl TwilioSettings {
         .into_iter()
         .flatten()
         .collect()
+    }
+}
+
+/// The socket's settings, validated whatever the transport so a typo never waits for the day
+/// the socket is switched on.
+fn socket_settings(
+    twilsock_url: Option<String>,
+    region: Option<String>,
+    token_ttl_seconds: Option<String>,
+    leave_closed_after_days: Option<String>,
+) -> Result<SocketSettings, ConfigError> {
+    let region = non_empty(region).unwrap_or_else(|| "us1".to_owned());
+    // It becomes part of host names.
+    if region.len() > 16
+        || !region
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    {
+        return Err(ConfigError::new(
+            "TWILIO_REGION",
+            "must be a Twilio region such as us1, ie1 or au1",
+        ));
+    }
+    let twilsock_url = non_empty(twilsock_url).unwrap_or_else(|| default_twilsock_url(&region));
+    let twilsock_url = Url::parse(&twilsock_url)
+        .map_err(|e| ConfigError::new("TWILIO_TWILSOCK_URL", format!("not a valid URL ({e})")))?;
+    if !matches!(twilsock_url.scheme(), "ws" | "wss") || twilsock_url.host_str().is_none() {
+        return Err(ConfigError::new(
+            "TWILIO_TWILSOCK_URL",
+            "must be a ws:// or wss:// URL with a host",
+        ));
+    }
+    let ttl: u64 = parse_or("TWILIO_TOKEN_TTL_SECONDS", token_ttl_seconds, 3600)?;
+    // Twilio refuses tokens valid for more than 24 hours; very short ones would renew
+    // constantly.
+    if !(60..=86_400).contains(&ttl) {
+        return Err(ConfigError::new(
+            "TWILIO_TOKEN_TTL_SECONDS",
+            "must be between 60 and 86400 seconds",
+        ));
+    }
+    let leave_closed_after_days = non_empty(leave_closed_after_days)
+        .map(|days| {
+            days.parse::<u32>().map_err(|e| {
+                ConfigError::new(
+                    "TWILIO_LEAVE_CLOSED_AFTER_DAYS",
+                    format!("cannot parse {days:?} as a number of days: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(SocketSettings {
+        twilsock_url,
+        region,
+        token_ttl: Duration::from_secs(ttl),
+        leave_closed_after_days,
+    })
+}
+
+/// A transport that uses the socket needs the feature compiled in and the credentials the
+/// socket's Access Tokens are minted from.
+fn check_socket_requirements(
+    transport: Transport,
+    egress_transport: EgressTransport,
+    credentials: &[(&'static str, bool)],
+) -> Result<(), ConfigError> {
+    let (variable, setting) = if transport.uses_socket() {
+        ("TWILIO_TRANSPORT", transport.as_str())
+    } else if egress_transport == EgressTransport::Websocket {
+        return Err(ConfigError::new(
+            "TWILIO_EGRESS_TRANSPORT",
+            "websocket sends over the socket TWILIO_TRANSPORT=websocket or both holds; \
+             TWILIO_TRANSPORT is webhook",
+        ));
+    } else {
+        return Ok(());
+    };
+    if !cfg!(feature = "websocket") {
+        return Err(ConfigError::new(
+            variable,
+            format!(
+                "{setting} needs the `websocket` cargo feature, which this build does not \
+                 have (build with --features websocket)"
+            ),
+        ));
+    }
+    let missing: Vec<&'static str> = credentials
+        .iter()
+        .filter(|(_, present)| !present)
+        .map(|(name, _)| *name)
+        .collect();
+    match missing.first() {
+        None => Ok(()),
+        Some(&first) => Err(ConfigError::new(
+            first,
+            format!(
+                "required by {variable}={setting} (missing: {})",
+                missing.join(", ")
+            ),
+        )),
     }
 }
 
@@ -310,5 +527,140 @@ mod tests {
             assert!(!debug.contains(secret), "{secret} leaked into Debug output");
         }
         assert_eq!(s.secrets().len(), 3);
+    }
+
+    const SOCKET_CREDENTIALS: &[(&str, &str)] = &[
+        ("TWILIO_ACCOUNT_SID", "AC0123456789abcdef0123456789abcdef"),
+        ("TWILIO_API_KEY", "SK0123456789abcdef0123456789abcdef"),
+        ("TWILIO_API_SECRET", "api-secret"),
+        (
+            "TWILIO_CHAT_SERVICE_SID",
+            "IS0123456789abcdef0123456789abcdef",
+        ),
+        ("TWILIO_IDENTITY", "bot"),
+    ];
+
+    fn with_credentials(
+        extra: &[(&'static str, &'static str)],
+    ) -> Vec<(&'static str, &'static str)> {
+        SOCKET_CREDENTIALS
+            .iter()
+            .copied()
+            .chain(extra.iter().copied())
+            .collect()
+    }
+
+    #[test]
+    fn the_transport_defaults_to_webhooks_and_rest() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.transport, Transport::Webhook);
+        assert_eq!(s.egress_transport, EgressTransport::Rest);
+        assert_eq!(
+            s.socket.twilsock_url.as_str(),
+            "wss://tsock.us1.twilio.com/v3/wsconnect"
+        );
+        assert_eq!(s.socket.region, "us1");
+        assert_eq!(s.socket.token_ttl, Duration::from_secs(3600));
+        assert_eq!(s.socket.leave_closed_after_days, None);
+        let s = settings(&[("TWILIO_REGION", "ie1")]).unwrap();
+        assert_eq!(
+            s.socket.twilsock_url.as_str(),
+            "wss://tsock.ie1.twilio.com/v3/wsconnect"
+        );
+    }
+
+    #[test]
+    fn malformed_socket_settings_name_their_variable() {
+        for (variable, value) in [
+            ("TWILIO_TRANSPORT", "sockets"),
+            ("TWILIO_EGRESS_TRANSPORT", "carrier-pigeon"),
+            (
+                "TWILIO_TWILSOCK_URL",
+                "https://tsock.us1.twilio.com/v3/wsconnect",
+            ),
+            ("TWILIO_TWILSOCK_URL", "not a url"),
+            ("TWILIO_REGION", "us1.evil.example"),
+            ("TWILIO_TOKEN_TTL_SECONDS", "10"),
+            ("TWILIO_TOKEN_TTL_SECONDS", "100000"),
+            ("TWILIO_TOKEN_TTL_SECONDS", "soon"),
+            ("TWILIO_LEAVE_CLOSED_AFTER_DAYS", "-1"),
+        ] {
+            let err = settings(&[(variable, value)]).unwrap_err();
+            assert_eq!(err.variable, variable, "{value}: {err}");
+        }
+    }
+
+    #[test]
+    fn egress_over_the_socket_needs_the_socket() {
+        let err = settings(&with_credentials(&[(
+            "TWILIO_EGRESS_TRANSPORT",
+            "websocket",
+        )]))
+        .unwrap_err();
+        assert_eq!(err.variable, "TWILIO_EGRESS_TRANSPORT");
+    }
+
+    #[cfg(not(feature = "websocket"))]
+    #[test]
+    fn the_socket_transports_need_the_feature() {
+        for transport in ["websocket", "both"] {
+            let err = settings(&with_credentials(&[("TWILIO_TRANSPORT", transport)])).unwrap_err();
+            assert_eq!(err.variable, "TWILIO_TRANSPORT");
+            let line = err.to_string();
+            assert!(line.contains("--features websocket"), "{line}");
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[cfg(feature = "websocket")]
+    #[test]
+    fn the_socket_transports_need_credentials_and_name_each_missing_one() {
+        for transport in ["websocket", "both"] {
+            let s = settings(&with_credentials(&[
+                ("TWILIO_TRANSPORT", transport),
+                ("TWILIO_EGRESS_TRANSPORT", "websocket"),
+                ("TWILIO_TWILSOCK_URL", "ws://127.0.0.1:9/v3/wsconnect"),
+                ("TWILIO_TOKEN_TTL_SECONDS", "600"),
+                ("TWILIO_LEAVE_CLOSED_AFTER_DAYS", "30"),
+            ]))
+            .unwrap();
+            assert!(s.transport.uses_socket());
+            assert_eq!(s.egress_transport, EgressTransport::Websocket);
+            assert_eq!(
+                s.socket.twilsock_url.as_str(),
+                "ws://127.0.0.1:9/v3/wsconnect"
+            );
+            assert_eq!(s.socket.token_ttl, Duration::from_secs(600));
+            assert_eq!(s.socket.leave_closed_after_days, Some(30));
+            for (missing, _) in SOCKET_CREDENTIALS {
+                let vars: Vec<(&str, &str)> = with_credentials(&[("TWILIO_TRANSPORT", transport)])
+                    .into_iter()
+                    .filter(|(name, _)| name != missing)
+                    .collect();
+                let err = settings(&vars).unwrap_err();
+                assert_eq!(err.variable, *missing);
+                let line = err.to_string();
+                assert!(
+                    line.contains(&format!("TWILIO_TRANSPORT={transport}")),
+                    "{line}"
+                );
+                assert!(!line.contains('\n'), "{line}");
+            }
+        }
+        let err = settings(&[
+            ("TWILIO_TRANSPORT", "websocket"),
+            ("TWILIO_IDENTITY", "bot"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "TWILIO_ACCOUNT_SID");
+        assert!(err.to_string().contains(
+            "missing: TWILIO_ACCOUNT_SID, TWILIO_API_KEY, TWILIO_API_SECRET, TWILIO_CHAT_SERVICE_SID"
+        ));
+        // A disabled connector needs nothing.
+        assert!(settings(&[
+            ("TWILIO_ENABLED", "false"),
+            ("TWILIO_TRANSPORT", "websocket")
+        ])
+        .is_ok());
     }
 }

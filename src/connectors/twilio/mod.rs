@@ -7,6 +7,8 @@
 //! - [`ingress`]: the webhooks (a source); [`egress`]: the sink, text splitting, auto-join;
 //!   [`rest`]: Twilio's REST API; [`operator`]: `POST /v1/messages`; [`simulate`]: the CLI
 //!   that signs a sample webhook.
+//! - `websocket` (cargo feature `websocket`): the Conversations socket, a second source of
+//!   the same envelopes and optionally the way replies to conversations are posted.
 
 pub mod address;
 pub mod config;
@@ -18,17 +20,20 @@ pub mod opt_out;
 pub mod rest;
 pub(crate) mod shared;
 pub mod simulate;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
 use actix_web::web;
+use futures_util::future::BoxFuture;
 use secrecy::SecretString;
 use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::{
     configuration::ConfigError,
-    connectors::{Connector, ConnectorContext},
+    connectors::{Connector, ConnectorContext, LinkReadiness},
     egress::sink::EgressSink,
     metrics::Metrics,
 };
@@ -45,6 +50,9 @@ pub struct TwilioConnector {
     ingress: IngressContext,
     operator: OperatorContext,
     sink: Arc<TwilioSink>,
+    /// The Conversations socket, when `TWILIO_TRANSPORT` uses it.
+    #[cfg(feature = "websocket")]
+    socket: Option<websocket::transport::SocketTransport>,
 }
 
 impl TwilioConnector {
@@ -71,10 +79,12 @@ impl TwilioConnector {
                  NOT FOR PRODUCTION: anyone can sign requests with it."
             );
         }
-        Ok(Some(Arc::new(Self::new(context, settings))))
+        Ok(Some(Arc::new(Self::new(context, settings)?)))
     }
 
-    pub fn new(context: &ConnectorContext, settings: TwilioSettings) -> Self {
+    /// Builds the connector and starts what it runs in the background (the Conversations
+    /// socket, when the transport uses it), stopped by `context.shutdown`.
+    pub fn new(context: &ConnectorContext, settings: TwilioSettings) -> Result<Self, ConfigError> {
         let verifier = WebhookVerifier {
             validator: SignatureValidator::new(
                 settings.auth_token.clone(),
@@ -98,30 +108,61 @@ impl TwilioConnector {
         }
         let auto_joiner =
             auto_joiner.persisting_in(context.settings.outbox_dir.join("pending-joins"));
-        Self {
-            ingress: IngressContext::new(
-                twilio.clone(),
-                verifier,
-                auto_joiner,
-                context.ledger.clone(),
-                OptOuts::new(context.state.clone()),
-            ),
+        let ingress = IngressContext::new(
+            twilio.clone(),
+            verifier,
+            auto_joiner,
+            context.ledger.clone(),
+            OptOuts::new(context.state.clone()),
+        );
+        #[cfg(feature = "websocket")]
+        let socket = if twilio.settings().transport.uses_socket() {
+            Some(websocket::transport::SocketTransport::start(
+                ingress.clone(),
+                &context.settings.outbox_dir,
+                context.shutdown.clone(),
+            )?)
+        } else {
+            None
+        };
+        let sink = TwilioSink::new(
+            twilio.clone(),
+            context.ledger.clone(),
+            OptOuts::new(context.state.clone()),
+        );
+        #[cfg(feature = "websocket")]
+        let sink = sink.with_socket(socket.as_ref().and_then(|socket| socket.egress()));
+        Ok(Self {
+            ingress,
             operator: OperatorContext {
                 auth: context.operator_auth.clone(),
                 publisher: context.publisher.clone(),
                 body_read_timeout: context.settings.body_read_timeout,
             },
-            sink: Arc::new(TwilioSink::new(
-                twilio.clone(),
-                context.ledger.clone(),
-                OptOuts::new(context.state.clone()),
-            )),
+            sink: Arc::new(sink),
             twilio,
-        }
+            #[cfg(feature = "websocket")]
+            socket,
+        })
     }
 
     pub fn settings(&self) -> &TwilioSettings {
         self.twilio.settings()
+    }
+
+    /// How messages come in and replies go out; with the socket, its connection, identity,
+    /// token expiry and conversations (no token, no secret).
+    fn transport_snapshot(&self) -> serde_json::Value {
+        let settings = self.twilio.settings();
+        #[cfg(feature = "websocket")]
+        let socket = self.socket.as_ref().map(|socket| socket.snapshot());
+        #[cfg(not(feature = "websocket"))]
+        let socket: Option<serde_json::Value> = None;
+        json!({
+            "ingress": settings.transport.as_str(),
+            "egress": settings.egress_transport.as_str(),
+            "socket": socket,
+        })
     }
 }
 
@@ -147,6 +188,22 @@ impl Connector for TwilioConnector {
 
     fn secrets(&self) -> Vec<&SecretString> {
         self.twilio.settings().secrets()
+    }
+
+    fn readiness(&self) -> Option<LinkReadiness> {
+        #[cfg(feature = "websocket")]
+        if let Some(socket) = &self.socket {
+            return Some(socket.readiness());
+        }
+        None
+    }
+
+    fn stopped(&self) -> BoxFuture<'static, ()> {
+        #[cfg(feature = "websocket")]
+        if let Some(socket) = &self.socket {
+            return socket.stopped();
+        }
+        Box::pin(std::future::ready(()))
     }
 
     fn snapshot(&self) -> serde_json::Value {
@@ -203,7 +260,8 @@ impl Connector for TwilioConnector {
                 "maxSendRate": settings.max_send_rate,
                 "publicBaseUrl": self.ingress.verifier().public_base_url.as_ref().map(|u| u.as_str()),
                 "websocketFeature": cfg!(feature = "websocket"),
-            }
+            },
+            "transport": self.transport_snapshot(),
         })
     }
 }

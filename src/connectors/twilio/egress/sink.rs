@@ -23,6 +23,8 @@
 //! and back-pressure codes (20429, 21611, 14107) retry; other 4xx are permanent; 21610 is an
 //! opt-out, remembered for the sender and recipient (see [`super::super::opt_out`]).
 
+#[cfg(feature = "websocket")]
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -31,6 +33,8 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use super::split;
+#[cfg(feature = "websocket")]
+use crate::connectors::twilio::websocket::egress::SocketEgress;
 use crate::{
     connectors::twilio::{
         address::Address,
@@ -65,6 +69,9 @@ pub struct TwilioSink {
     rest: TwilioRest,
     ledger: SendLedger,
     opt_outs: OptOuts,
+    /// `TWILIO_EGRESS_TRANSPORT=websocket`: conversation replies go over the socket.
+    #[cfg(feature = "websocket")]
+    socket: Option<Arc<SocketEgress>>,
 }
 
 /// A failure that is ours to report, not Twilio's.
@@ -109,7 +116,17 @@ impl TwilioSink {
             rest,
             ledger,
             opt_outs,
+            #[cfg(feature = "websocket")]
+            socket: None,
         }
+    }
+
+    /// Posts conversation replies over the socket instead of REST (media by SID still go
+    /// through REST: the socket cannot attach them).
+    #[cfg(feature = "websocket")]
+    pub fn with_socket(mut self, socket: Option<Arc<SocketEgress>>) -> Self {
+        self.socket = socket;
+        self
     }
 
     /// Who a Messaging API send to `target` comes from.
@@ -236,6 +253,12 @@ impl TwilioSink {
         let result = match &target {
             Address::Conversation(conversation_sid) => {
                 let (body, media_sid) = Self::conversation_content(&part);
+                #[cfg(feature = "websocket")]
+                if let (Some(socket), None) = (&self.socket, media_sid) {
+                    return socket
+                        .send(conversation_sid, body.as_deref(), part.idempotency_token)
+                        .await;
+                }
                 let attributes = Self::conversation_attributes(&part);
                 self.rest
                     .create_conversation_message(&NewConversationMessage {
