@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fake_twilio::{response_problems, FakeTwilio, Reply, Route};
+use crate::fake_twilio::{response_problems, vendored_dir, FakeTwilio, Reply, Route};
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "auth-token-secret";
@@ -681,4 +681,53 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
         .iter()
         .any(|v| v.contains("`Sender` is not defined for ListMessage")));
     assert_eq!(fake.requests_to(Route::ListMessages).len(), 4);
+}
+
+/// The vendored OpenAPI documents are the ones `vendor/twilio-oai/README.md` names: every file
+/// listed with its SHA-256 there is present with that sum, and nothing else is beside them.
+#[test]
+fn the_vendored_documents_match_their_recorded_checksums() {
+    use sha2::{Digest, Sha256};
+    let dir = vendored_dir();
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("vendor README");
+    let recorded: Vec<(&str, &str)> = readme
+        .lines()
+        .filter_map(|line| {
+            let (sum, file) = line.trim().split_once("  ")?;
+            (sum.len() == 64 && sum.chars().all(|c| c.is_ascii_hexdigit())).then_some((sum, file))
+        })
+        .collect();
+    let mut files: Vec<String> = recorded.iter().map(|(_, f)| f.to_string()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "LICENSE",
+            "twilio_api_v2010.json",
+            "twilio_conversations_v1.json"
+        ],
+        "the README records a sum for each vendored file"
+    );
+    for (sum, file) in recorded {
+        let bytes = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            sum,
+            "{file} differs from its recorded sum"
+        );
+    }
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    assert_eq!(
+        present,
+        [
+            "LICENSE",
+            "README.md",
+            "twilio_api_v2010.json",
+            "twilio_conversations_v1.json"
+        ]
+    );
 }

@@ -1,5 +1,5 @@
 //! An in-test fake of Twilio's REST API, checked against Twilio's own OpenAPI documents
-//! (`../shared/twilio-oai/twilio_api_v2010.json` and `twilio_conversations_v1.json`).
+//! (`vendor/twilio-oai/twilio_api_v2010.json` and `twilio_conversations_v1.json`).
 //!
 //! Every request is matched against the operations of both documents. A request that departs
 //! from the document (unknown path or method, a path parameter that breaks its pattern, a wrong
@@ -51,7 +51,7 @@ use std::{
 use actix_web::{dev::ServerHandle, web};
 use serde_json::Value;
 
-pub use self::spec::{response_problems, service_response_problems, SpecDocument};
+pub use self::spec::{response_problems, service_response_problems, vendored_dir, SpecDocument};
 use self::{
     emulation::{new_sid, State},
     spec::success_response,
