@@ -24,4 +24,21 @@ impl AppState {
     pub fn connector(&self, name: &str) -> Option<&Arc<dyn Connector>> {
         self.connectors.iter().find(|c| c.name() == name)
     }
+
+    /// Why the service is not ready (`/readyz` answers 503 and the snapshot says DEGRADED),
+    /// or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.bus.is_ready() {
+            return Some("broker not connected".to_owned());
+        }
+        let egress = self.egress_consuming.as_ref()?;
+        if egress.get() {
+            return None;
+        }
+        Some(
+            egress
+                .failure()
+                .unwrap_or_else(|| "egress consumer not consuming".to_owned()),
+        )
+    }
 }

@@ -24,6 +24,9 @@ pub enum ApiError {
     UnsupportedMediaType { expected: &'static str },
     #[error("{0}")]
     Unavailable(String),
+    /// Well-formed, but the service is not configured to carry it out (names the setting).
+    #[error("{0}")]
+    NotConfigured(String),
 }
 
 impl ApiError {
@@ -37,6 +40,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotConfigured(_) => "not_configured",
         }
     }
 }
@@ -66,6 +70,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotConfigured(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

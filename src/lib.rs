@@ -10,13 +10,17 @@
 //!   [`publisher`]: the delivery guarantees of ingress.
 //! - [`egress`]: the engine that delivers reply events through connectors' sinks.
 //! - [`routes`]: health, metrics and debug routes; [`app_state`], [`auth`], [`error`],
-//!   [`openapi`], [`readiness`], [`backoff`].
+//!   [`openapi`], [`readiness`], [`backoff`]; [`banner`]: what start-up says.
+//!
+//! Command-line tools beside `serve`: [`watch`] (and each connector's own, e.g. `simulate`),
+//! printing through [`output`].
 //!
 //! Connectors: [`connectors`] (the trait and the registry); [`connectors::twilio`].
 
 pub mod app_state;
 pub mod auth;
 pub mod backoff;
+pub mod banner;
 pub mod bus;
 pub mod configuration;
 pub mod connectors;
@@ -26,8 +30,10 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;
+pub mod output;
 pub mod publisher;
 pub mod readiness;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;
+pub mod watch;

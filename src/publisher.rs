@@ -14,6 +14,11 @@ use crate::{
     outbox::{Outbox, OutboxError},
 };
 
+/// The response header with which webhooks say what became of the event they carried: a
+/// [`Delivery`] name, or `ignored` when there was nothing to publish. Providers ignore it; a
+/// sender that wants to know (`simulate`, an operator with curl) reads it.
+pub const DELIVERY_HEADER: &str = "X-Ingress-Delivery";
+
 /// What happened to a message handed to [`EventPublisher`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {

@@ -12,6 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::{
     app_state::AppState,
     auth::BearerAuth,
+    banner::ConnectorNotes,
     bus::Bus,
     configuration::Settings,
     connectors::{registry, Connector, ConnectorContext},
@@ -22,6 +23,7 @@ use crate::{
     outbox::Outbox,
     publisher::EventPublisher,
     routes,
+    telemetry::request_log::RequestLog,
 };
 
 /// Builds a connector that is not in the registry (see [`Application::build_with_connectors`]).
@@ -32,7 +34,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 pub struct Application {
     port: u16,
-    connector_names: Vec<&'static str>,
+    connectors: Vec<Arc<dyn Connector>>,
     server: Server,
     bus: Bus,
     shutdown: CancellationToken,
@@ -111,7 +113,6 @@ impl Application {
             Some(consuming)
         };
 
-        let connector_names = connectors.iter().map(|c| c.name()).collect();
         let api_doc = openapi::document(connectors.iter().map(|c| c.as_ref()));
         let state = web::Data::new(AppState {
             settings: settings.clone(),
@@ -123,9 +124,10 @@ impl Application {
             debug_auth: BearerAuth::debug(&settings),
         });
 
+        let connectors_for_notes = connectors.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(tracing_actix_web::TracingLogger::<RequestLog>::new())
                 .app_data(state.clone())
                 .app_data(json_config())
                 .route("/healthz", web::get().to(routes::health::healthz))
@@ -140,9 +142,14 @@ impl Application {
                     routes::debug::SNAPSHOT_ROUTE,
                     web::get().to(routes::debug::connector_snapshot),
                 )
+                .route("/", web::get().to(routes::docs::home))
+                .route(
+                    "/swagger-ui",
+                    web::get().to(routes::docs::swagger_ui_without_slash),
+                )
                 .service(
-                    SwaggerUi::new("/swagger-ui/{_:.*}")
-                        .url("/api-docs/openapi.json", api_doc.clone()),
+                    SwaggerUi::new(format!("{}{{_:.*}}", routes::docs::SWAGGER_UI))
+                        .url(routes::docs::OPENAPI_JSON, api_doc.clone()),
                 );
             for connector in &connectors {
                 let connector = connector.clone();
@@ -158,7 +165,7 @@ impl Application {
 
         Ok(Self {
             port,
-            connector_names,
+            connectors: connectors_for_notes,
             server,
             bus,
             shutdown,
@@ -171,8 +178,16 @@ impl Application {
     }
 
     /// The connectors this instance serves.
-    pub fn connector_names(&self) -> &[&'static str] {
-        &self.connector_names
+    pub fn connector_names(&self) -> Vec<&'static str> {
+        self.connectors.iter().map(|c| c.name()).collect()
+    }
+
+    /// What each connector wants the start-up banner to say.
+    pub fn startup_notes(&self) -> Vec<ConnectorNotes> {
+        self.connectors
+            .iter()
+            .map(|c| c.startup_notes(self.port))
+            .collect()
     }
 
     /// Cancelling this token stops the background work (egress consumer, outbox drainer) as a

@@ -15,8 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-pub use environment::Environment;
-use parse::{non_empty, parse_base_url, parse_or};
+pub use environment::{read_dotenv, Environment, DOTENV_FILE};
+use parse::{non_empty, parse_or, parse_origin};
 pub use parse::{redact_url, scrub_url_password, ConfigError};
 
 /// Every core variable the service reads, as the environment spells it (envy lower-cases
@@ -67,6 +67,16 @@ pub enum QueueType {
     Classic,
 }
 
+impl QueueType {
+    /// The name RabbitMQ (its `x-queue-type` argument) and `AMQP_EGRESS_QUEUE_TYPE` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
@@ -80,7 +90,8 @@ pub enum LogFormat {
 pub struct Settings {
     pub app_env: AppEnv,
     pub port: u16,
-    /// The exact scheme + host (+ optional port) providers call; used to rebuild signed URLs.
+    /// The exact scheme + host (+ optional port) providers call, nothing after it; used to
+    /// rebuild signed URLs.
     pub public_base_url: Option<Url>,
     pub bus: BusSettings,
     pub outbox_dir: PathBuf,
@@ -229,7 +240,7 @@ impl Settings {
         }
 
         let public_base_url = non_empty(raw.public_base_url)
-            .map(|value| parse_base_url("PUBLIC_BASE_URL", &value))
+            .map(|value| parse_origin("PUBLIC_BASE_URL", &value))
             .transpose()?;
 
         Ok(Settings {

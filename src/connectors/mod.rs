@@ -13,8 +13,8 @@ use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    auth::BearerAuth, configuration::Settings, egress::sink::EgressSink, metrics::Metrics,
-    publisher::EventPublisher,
+    auth::BearerAuth, banner::ConnectorNotes, configuration::Settings, egress::sink::EgressSink,
+    metrics::Metrics, publisher::EventPublisher,
 };
 
 /// One platform, as the rest of the service sees it.
@@ -38,6 +38,15 @@ pub trait Connector: Send + Sync + 'static {
     /// The secrets the connector holds, masked wherever the service shows text it did not
     /// write itself (the debug snapshot).
     fn secrets(&self) -> Vec<&SecretString>;
+
+    /// What the start-up banner says about the connector, for a service listening on `port`.
+    fn startup_notes(&self, port: u16) -> ConnectorNotes {
+        let _ = port;
+        ConnectorNotes {
+            connector: self.name(),
+            ..ConnectorNotes::default()
+        }
+    }
 }
 
 /// What a connector is built from: the settings (its own are read from

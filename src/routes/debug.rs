@@ -31,15 +31,9 @@ pub async fn connector_snapshot(
     let connector = state.connector(&connector).ok_or(ApiError::NotFound)?;
     let broker = state.bus.state();
     let egress = state.egress_consuming.as_ref().map(|f| f.get());
-    let degraded_reason = if !state.bus.is_ready() {
-        Some("broker not connected")
-    } else if egress == Some(false) {
-        Some("egress consumer not consuming")
-    } else if state.publisher.outbox().depth() > 0 {
-        Some("events waiting in the outbox")
-    } else {
-        None
-    };
+    let degraded_reason = state.not_ready_reason().or_else(|| {
+        (state.publisher.outbox().depth() > 0).then(|| "events waiting in the outbox".to_owned())
+    });
     let mut snapshot = json!({
         "connector": connector.name(),
         "state": if degraded_reason.is_some() { "DEGRADED" } else { "READY" },

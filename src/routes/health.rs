@@ -24,6 +24,11 @@ pub struct Readiness {
     /// Whether the egress consumer is consuming (absent when egress is not running).
     pub egress_consumer: Option<bool>,
     pub outbox_depth: usize,
+    /// Why the service is not ready (absent when it is), e.g. an egress queue that exists with
+    /// another type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "broker not connected")]
+    pub reason: Option<String>,
 }
 
 /// The process is alive.
@@ -46,9 +51,9 @@ pub async fn livez() -> HttpResponse {
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Broker or egress consumer down", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let broker_up = state.bus.is_ready();
     let egress_consumer = state.egress_consuming.as_ref().map(|flag| flag.get());
-    let ready = broker_up && egress_consumer.unwrap_or(true);
+    let reason = state.not_ready_reason();
+    let ready = reason.is_none();
     let broker = match state.bus.state() {
         crate::bus::BusState::Connected => "connected",
         crate::bus::BusState::Connecting { .. } => "connecting",
@@ -59,6 +64,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         broker: broker.to_owned(),
         egress_consumer,
         outbox_depth: state.publisher.outbox().depth(),
+        reason,
     };
     if ready {
         HttpResponse::Ok().json(body)

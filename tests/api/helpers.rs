@@ -1,7 +1,14 @@
 //! Test harness: spawns the real application on a random port against a real RabbitMQ, taps
-//! the exchange with a private queue, and loads the signed Twilio fixtures.
+//! the exchange with a private queue, loads the signed Twilio fixtures, and makes tests skipped
+//! for want of a broker visible in the run's output.
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use ingress_egress::{
     configuration::Settings,
@@ -12,8 +19,9 @@ use serde::Deserialize;
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// The broker URL tests use, or `None` (with a loud notice) when no broker answers.
-/// With `REQUIRE_AMQP=1` a missing broker fails the test instead.
+/// The broker URL tests use, or `None` when no broker answers: the test then passes without
+/// running, and [`report_skip`] makes that visible. With `REQUIRE_AMQP=1` a missing broker
+/// fails the test instead.
 pub async fn broker_url() -> Option<String> {
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned());
     let reachable = tokio::time::timeout(
@@ -34,16 +42,46 @@ pub async fn broker_url() -> Option<String> {
             if std::env::var("REQUIRE_AMQP").as_deref() == Ok("1") {
                 panic!("REQUIRE_AMQP=1 but RabbitMQ is not reachable at {url}: {reason}");
             }
-            eprintln!(
-                "\n!!!!!!!! SKIPPING broker test: RabbitMQ not reachable ({reason}). \
-                 Set REQUIRE_AMQP=1 to make this a failure. !!!!!!!!\n"
-            );
+            report_skip(&url, &reason);
             None
         }
     }
 }
 
-/// Returns from the test early (after a loud notice) when no broker is available.
+/// How many tests skipped for want of a broker in this run.
+static SKIPPED: AtomicUsize = AtomicUsize::new(0);
+
+/// Says, past the test harness's output capture, that a test is skipped: a notice at the first
+/// skip and, when the test binary exits, how many were skipped (the harness reports them as
+/// passed, so its summary alone would hide them).
+fn report_skip(url: &str, reason: &str) {
+    if SKIPPED.fetch_add(1, Ordering::SeqCst) == 0 {
+        // Written to the stream itself: the harness captures only `print!`/`eprint!`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!! RabbitMQ is not reachable at {} ({reason}): tests that need it are SKIPPED \
+             and reported as passed. Start RabbitMQ (see the README) or set REQUIRE_AMQP=1 to \
+             make this a failure. !!!!\n",
+            ingress_egress::configuration::redact_url(url)
+        );
+        extern "C" fn summary() {
+            let skipped = SKIPPED.load(Ordering::SeqCst);
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!! {skipped} broker test{} SKIPPED: RabbitMQ was not reachable, so \
+                 \"test result: ok\" above does not cover {}. !!!!",
+                if skipped == 1 { " was" } else { "s were" },
+                if skipped == 1 { "it" } else { "them" }
+            );
+        }
+        // SAFETY: `atexit` only records the function; `summary` touches an atomic and stderr.
+        unsafe {
+            libc::atexit(summary);
+        }
+    }
+}
+
+/// Returns from the test early (reported by [`report_skip`]) when no broker is available.
 #[macro_export]
 macro_rules! require_broker {
     () => {
@@ -74,40 +112,47 @@ impl Drop for TestApp {
         self.shutdown.cancel();
         self.server.abort();
         // Remove this test's durable exchange and egress queue so the broker does not fill up
-        // with them (Drop cannot await: do it on a short-lived thread of its own).
-        if let Some(url) = self.amqp_url.clone() {
-            let exchange = self.exchange.clone();
-            let queue = self.egress_queue.clone();
-            let _ =
-                std::thread::spawn(move || delete_broker_objects(&url, &exchange, &queue)).join();
+        // with them.
+        if let Some(url) = &self.amqp_url {
+            delete_broker_objects(url, &self.exchange, &self.egress_queue);
         }
     }
 }
 
+/// Deletes `queue` and `exchange` from the broker at `url` (best effort). Runs on a thread of
+/// its own, so it works from `Drop` and from inside a test's runtime alike.
 pub fn delete_broker_objects(url: &str, exchange: &str, queue: &str) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async {
-        let cleanup = async {
-            let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-                .await?;
-            channel
-                .exchange_delete(
-                    exchange.into(),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await?;
-            connection.close(200, "test cleanup".into()).await
+    let (url, exchange, queue) = (url.to_owned(), exchange.to_owned(), queue.to_owned());
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
-    });
+        runtime.block_on(async {
+            let cleanup = async {
+                let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+                let channel = connection.create_channel().await?;
+                channel
+                    .queue_delete(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await?;
+                channel
+                    .exchange_delete(
+                        exchange.as_str().into(),
+                        lapin::options::ExchangeDeleteOptions::default(),
+                    )
+                    .await?;
+                let _ = channel.close(200, "test cleanup".into()).await;
+                connection.close(200, "test cleanup".into()).await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
+        });
+    })
+    .join();
 }
 
 /// Variables every test app gets: fixture credentials, a private exchange and queue, a fresh

@@ -3,8 +3,11 @@
 
 pub mod fake_twilio;
 mod helpers;
+mod process;
 
 mod architecture;
+mod broker_skip;
+mod cli;
 mod conversations;
 mod conversations_service;
 mod debug_snapshot;
@@ -19,7 +22,9 @@ mod module_graph;
 mod openapi_doc;
 mod operator;
 mod outbox;
+mod readme;
 mod second_connector;
 mod signature_fixtures;
+mod simulate_cli;
 mod sms_webhook;
 mod status_callbacks;

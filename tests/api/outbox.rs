@@ -19,13 +19,15 @@ use crate::{
 /// A TCP proxy in front of RabbitMQ that the test can start and cut.
 struct BrokerProxy {
     port: u16,
+    /// The broker's URL (its address is where the proxy forwards to; its vhost is kept).
+    broker: url::Url,
     accept_loop: Option<JoinHandle<()>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl BrokerProxy {
-    /// Reserves a port with nothing listening on it yet.
-    fn unstarted() -> Self {
+    /// Reserves a port with nothing listening on it yet, for the broker at `broker_url`.
+    fn unstarted(broker_url: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -33,13 +35,18 @@ impl BrokerProxy {
             .port();
         Self {
             port,
+            broker: url::Url::parse(broker_url).expect("broker URL"),
             accept_loop: None,
             connections: Arc::default(),
         }
     }
 
+    /// The broker's URL, through the proxy.
     fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        let mut url = self.broker.clone();
+        url.set_host(Some("127.0.0.1")).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
     }
 
     async fn start(&mut self) {
@@ -47,10 +54,16 @@ impl BrokerProxy {
             .await
             .expect("proxy port free");
         let connections = self.connections.clone();
+        let broker = format!(
+            "{}:{}",
+            self.broker.host_str().unwrap_or("127.0.0.1"),
+            self.broker.port().unwrap_or(5672)
+        );
         self.accept_loop = Some(tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                let broker = broker.clone();
                 let handle = tokio::spawn(async move {
-                    if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
+                    if let Ok(mut broker) = tokio::net::TcpStream::connect(broker).await {
                         let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
                     }
                 });
@@ -166,8 +179,11 @@ fn outbox_files(dir: &std::path::Path) -> usize {
 #[tokio::test]
 async fn messages_accepted_while_the_broker_is_unreachable_arrive_exactly_once_in_order() {
     let amqp = require_broker!();
-    let mut proxy = BrokerProxy::unstarted();
-    let app = spawn_app_not_ready(Some(&proxy.url()), &[]).await;
+    let mut proxy = BrokerProxy::unstarted(&amqp);
+    let mut app = spawn_app_not_ready(Some(&proxy.url()), &[]).await;
+    // Clean up through the broker itself: the proxy runs on this test's runtime, which the
+    // clean-up blocks.
+    app.amqp_url = Some(amqp.clone());
     assert_eq!(app.get("/readyz").await.status(), 503);
 
     let accepted = accept_messages(&app, 20, 0).await;
@@ -196,13 +212,14 @@ async fn messages_accepted_while_the_broker_is_unreachable_arrive_exactly_once_i
 #[tokio::test]
 async fn a_broker_lost_mid_stream_loses_nothing() {
     let amqp = require_broker!();
-    let mut proxy = BrokerProxy::unstarted();
+    let mut proxy = BrokerProxy::unstarted(&amqp);
     proxy.start().await;
-    let app = spawn_app_not_ready(
+    let mut app = spawn_app_not_ready(
         Some(&proxy.url()),
         &[("PUBLISH_CONFIRM_TIMEOUT_MS", "1000")],
     )
     .await;
+    app.amqp_url = Some(amqp.clone());
     app.wait_ready(Duration::from_secs(15)).await;
     let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
 
@@ -244,7 +261,7 @@ async fn a_broker_lost_mid_stream_loses_nothing() {
 async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     let amqp = require_broker!();
     let outbox = tempfile::tempdir().unwrap();
-    let unreachable = BrokerProxy::unstarted();
+    let unreachable = BrokerProxy::unstarted(&amqp);
     let mut vars = crate::helpers::base_vars(Some(&unreachable.url()));
     vars.insert("OUTBOX_DIR".into(), outbox.path().display().to_string());
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -260,6 +277,8 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
         std::process::Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
             .env_clear()
             .envs(vars)
+            // Away from the repository, whose .env the binary would read.
+            .current_dir(outbox.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -301,8 +320,5 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     second.wait().unwrap();
     assert_eq!(received, accepted);
     assert_eq!(outbox_files(outbox.path()), 0);
-    let queue = vars["AMQP_EGRESS_QUEUE"].clone();
-    std::thread::spawn(move || crate::helpers::delete_broker_objects(&amqp, &exchange, &queue))
-        .join()
-        .unwrap();
+    crate::helpers::delete_broker_objects(&amqp, &exchange, &vars["AMQP_EGRESS_QUEUE"]);
 }

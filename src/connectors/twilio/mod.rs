@@ -6,14 +6,21 @@
 //! - [`ingress`]: the webhooks (a source); [`egress`]: the sink, text splitting, auto-join;
 //!   [`rest`]: Twilio's REST API; [`operator`]: `POST /v1/messages`; [`simulate`]: the CLI
 //!   that signs a sample webhook.
+//! - [`console`]: the URLs to paste into the Twilio console; [`prerequisites`]: what a send
+//!   needs from the configuration; [`notes`]: what start-up says; [`signing`]: the non-secret
+//!   facts of signature checks.
 
 pub mod address;
 pub mod config;
+pub mod console;
 pub mod egress;
 pub mod ingress;
+pub mod notes;
 pub mod operator;
+pub mod prerequisites;
 pub mod rest;
 pub(crate) mod shared;
+pub mod signing;
 pub mod simulate;
 
 use std::sync::Arc;
@@ -24,16 +31,19 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::{
+    banner::ConnectorNotes,
     configuration::ConfigError,
     connectors::{Connector, ConnectorContext},
     egress::sink::EgressSink,
     metrics::Metrics,
 };
-use config::{TwilioSettings, DEVELOPMENT_AUTH_TOKEN};
+use config::TwilioSettings;
+use console::console_urls;
 use egress::{auto_join::AutoJoiner, sink::TwilioSink};
 use ingress::{signature::SignatureValidator, webhook::WebhookVerifier, IngressContext};
 use operator::OperatorContext;
 use shared::{Twilio, CONNECTOR};
+use signing::SigningFacts;
 
 /// The connector as registered: its shared state, ingress context and sink.
 pub struct TwilioConnector {
@@ -54,10 +64,10 @@ impl TwilioConnector {
             return Ok(None);
         }
         if settings.using_development_token {
+            // Short enough for one terminal line; the token itself is in `config`.
             tracing::warn!(
-                token = DEVELOPMENT_AUTH_TOKEN,
-                "TWILIO_AUTH_TOKEN is not set: validating webhooks with the public DEVELOPMENT token. \
-                 NOT FOR PRODUCTION: anyone can sign requests with it."
+                "TWILIO_AUTH_TOKEN is not set: webhooks are checked with the public DEVELOPMENT \
+                 token, which anyone can sign with"
             );
         }
         Ok(Some(Arc::new(Self::new(context, settings))))
@@ -83,7 +93,7 @@ impl TwilioConnector {
             ingress: IngressContext::new(twilio.clone(), verifier, auto_joiner),
             operator: OperatorContext {
                 auth: context.operator_auth.clone(),
-                publisher: context.publisher.clone(),
+                twilio: twilio.clone(),
             },
             sink: Arc::new(TwilioSink::new(twilio.clone())),
             twilio,
@@ -92,6 +102,10 @@ impl TwilioConnector {
 
     pub fn settings(&self) -> &TwilioSettings {
         self.twilio.settings()
+    }
+
+    fn public_base_url(&self) -> Option<&url::Url> {
+        self.ingress.verifier().public_base_url.as_ref()
     }
 }
 
@@ -170,9 +184,15 @@ impl Connector for TwilioConnector {
                 "secondaryAuthTokenConfigured": settings.secondary_auth_token.is_some(),
                 "statusCallbackConfigured": settings.status_callback_url.is_some(),
                 "maxSendRate": settings.max_send_rate,
-                "publicBaseUrl": self.ingress.verifier().public_base_url.as_ref().map(|u| u.as_str()),
+                "publicBaseUrl": self.public_base_url().map(|u| u.as_str()),
                 "websocketFeature": cfg!(feature = "websocket"),
-            }
+            },
+            "signing": SigningFacts::new(settings, self.public_base_url()),
+            "consoleUrls": self.public_base_url().map(console_urls),
         })
+    }
+
+    fn startup_notes(&self, port: u16) -> ConnectorNotes {
+        notes::startup_notes(self.settings(), self.public_base_url(), port)
     }
 }

@@ -1,6 +1,7 @@
 //! Publishing what a webhook carried and answering Twilio: at most once per message id within
 //! the dedupe window, 503 when neither the broker nor the outbox took it (so Twilio retries),
-//! and the metrics every webhook reports.
+//! what became of the event in the answer's `X-Ingress-Delivery` header, and the metrics every
+//! webhook reports.
 
 use actix_web::HttpResponse;
 
@@ -10,7 +11,7 @@ use crate::{
     connectors::twilio::shared::{CONNECTOR, INGRESS_SOURCE},
     envelope::{topics, InternalEventV2},
     error::ApiError,
-    publisher::Delivery,
+    publisher::{Delivery, DELIVERY_HEADER},
 };
 
 /// The empty TwiML document: acknowledge, send no reply from Twilio itself.
@@ -70,6 +71,16 @@ pub(crate) enum WebhookOutcome {
     Ignored,
 }
 
+impl WebhookOutcome {
+    /// The outcome's name in metrics and in the [`DELIVERY_HEADER`] of the answer.
+    fn as_str(&self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered(delivery) => delivery.as_str(),
+            WebhookOutcome::Ignored => "ignored",
+        }
+    }
+}
+
 /// Runs a webhook handler: measures it, counts its outcome and answers with empty TwiML.
 pub(crate) async fn handle(
     twilio: &IngressContext,
@@ -84,8 +95,7 @@ pub(crate) async fn handle(
     let result = work.await;
     timer.observe_duration();
     let outcome = match &result {
-        Ok(WebhookOutcome::Delivered(delivery)) => delivery.as_str(),
-        Ok(WebhookOutcome::Ignored) => "ignored",
+        Ok(outcome) => outcome.as_str(),
         Err(ApiError::PayloadTooLarge { .. }) => "too_large",
         Err(error) => error.code(),
     };
@@ -98,14 +108,13 @@ pub(crate) async fn handle(
             twilio.record_inbound();
             Ok(HttpResponse::Ok()
                 .content_type("text/xml; charset=utf-8")
+                .insert_header((DELIVERY_HEADER, outcome))
                 .body(EMPTY_TWIML))
         }
         Err(error) => {
-            if matches!(error, ApiError::BadSignature(_)) {
-                tracing::warn!(route, reason = %error, "webhook rejected: bad signature");
-            } else {
-                tracing::info!(route, reason = %error, "webhook rejected");
-            }
+            // A client's mistake, not ours; a signature that does not match is also a warning
+            // with the URL that was checked (see `webhook`).
+            tracing::info!(route, reason = %error, "webhook rejected");
             Err(error)
         }
     }

@@ -1,7 +1,6 @@
-//! Logging setup: one JSON object per line for containers and Cloud Logging, or pretty output
-//! for people at a terminal.
+//! One JSON object per line, for containers and Cloud Logging.
 //!
-//! The JSON shape follows Cloud Logging's structured-logging conventions, so Cloud Run turns each
+//! The shape follows Cloud Logging's structured-logging conventions, so Cloud Run turns each
 //! line into a log entry with the right severity and summary:
 //!
 //! ```json
@@ -12,49 +11,25 @@
 //!
 //! - `severity`: `DEBUG` (for TRACE and DEBUG), `INFO`, `WARNING` or `ERROR`.
 //! - `message`: the event's message; `time`: RFC 3339 in UTC (Cloud Logging's `time` field).
-//! - `request_id` (set by `tracing-actix-web` on every HTTP request span) and `correlation_id`
+//! - `request_id` (set on every HTTP request span, see `super::request_log`) and `correlation_id`
 //!   are copied from the enclosing spans when the event itself does not carry them.
 //! - Every other field of the event is kept as a top-level key.
-//!
-//! What goes into log fields is decided where events are written: phone numbers and message
-//! bodies are never logged at info level.
 
 use std::fmt;
 
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Map, Value};
-use tracing::{field::Field, Event, Level, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::{
-    field::Visit,
     fmt::{
         format::{JsonFields, Writer},
-        FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
+        FmtContext, FormatEvent, FormatFields, MakeWriter,
     },
-    layer::SubscriberExt,
     registry::LookupSpan,
-    util::SubscriberInitExt,
-    EnvFilter, Layer,
+    Layer,
 };
 
-use crate::configuration::LogFormat;
-
-/// Span fields copied onto every event logged inside the span.
-const SPAN_FIELDS: &[&str] = &["request_id", "correlation_id"];
-
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},actix_server=warn,lapin=warn")));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
-            .try_init(),
-    };
-    // A second call (tests spawning several apps) keeps the first subscriber.
-    let _ = result;
-}
+use super::fields::{span_ids, FieldCollector};
 
 /// The JSON layer, writing one Cloud Logging line per event to `writer`.
 pub fn json_layer<S, W>(writer: W) -> impl Layer<S>
@@ -80,9 +55,8 @@ pub fn severity(level: &Level) -> &'static str {
 
 /// Formats events as Cloud Logging JSON lines (see the module documentation).
 ///
-/// Span fields are read from what the layer's field formatter stored, so use it with
-/// [`JsonFields`] (as [`json_layer`] does); with another field formatter only the event's own
-/// fields are shown.
+/// Use it with [`JsonFields`] (as [`json_layer`] does): span ids are read from what that field
+/// formatter stored.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CloudLoggingJson;
 
@@ -121,28 +95,10 @@ where
             .unwrap_or_else(|| metadata.target().to_owned());
         line.insert("target".into(), Value::String(target));
 
-        if let Some(scope) = ctx.event_scope() {
-            let mut leaf = None;
-            for span in scope.from_root() {
-                leaf = Some(span.name());
-                let extensions = span.extensions();
-                let Some(stored) = extensions.get::<FormattedFields<N>>() else {
-                    continue;
-                };
-                if let Ok(Value::Object(span_fields)) =
-                    serde_json::from_str::<Value>(stored.as_str())
-                {
-                    for (key, value) in span_fields {
-                        if SPAN_FIELDS.contains(&key.as_str()) {
-                            // Inner spans win over outer ones.
-                            line.insert(key, value);
-                        }
-                    }
-                }
-            }
-            if let Some(name) = leaf {
-                line.insert("span".into(), Value::String(name.to_owned()));
-            }
+        let (ids, span) = span_ids(ctx);
+        line.extend(ids);
+        if let Some(name) = span {
+            line.insert("span".into(), Value::String(name.to_owned()));
         }
 
         for (key, value) in fields.values {
@@ -156,111 +112,14 @@ where
     }
 }
 
-/// Collects an event's fields as JSON values.
-#[derive(Default)]
-struct FieldCollector {
-    message: Option<String>,
-    log_target: Option<String>,
-    values: Map<String, Value>,
-}
-
-impl FieldCollector {
-    fn insert(&mut self, field: &Field, value: Value) {
-        match field.name() {
-            "message" => {
-                self.message = Some(match value {
-                    Value::String(text) => text,
-                    other => other.to_string(),
-                })
-            }
-            "log.target" => {
-                if let Value::String(target) = value {
-                    self.log_target = Some(target);
-                }
-            }
-            name if name.starts_with("log.") => {}
-            name => {
-                self.values.insert(name.to_owned(), value);
-            }
-        }
-    }
-}
-
-impl Visit for FieldCollector {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        let value = serde_json::Number::from_f64(value)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(value.to_string()));
-        self.insert(field, value);
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.insert(field, Value::from(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.insert(field, Value::from(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.insert(field, Value::Bool(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.insert(field, Value::String(value.to_owned()));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.insert(field, Value::String(value.to_string()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.insert(field, Value::String(format!("{value:?}")));
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{
-        io,
-        sync::{Arc, Mutex},
-    };
+    use std::io;
+
+    use tracing_subscriber::{layer::SubscriberExt, EnvFilter};
 
     use super::*;
-
-    /// A `MakeWriter` that appends to a shared buffer.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-
-        fn make_writer(&'a self) -> Self::Writer {
-            self.clone()
-        }
-    }
-
-    impl Buffer {
-        fn lines(&self) -> Vec<Value> {
-            let bytes = self.0.lock().unwrap().clone();
-            String::from_utf8(bytes)
-                .expect("UTF-8")
-                .lines()
-                .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
-                .collect()
-        }
-    }
+    use crate::telemetry::fields::test_support::Buffer;
 
     fn capture(body: impl FnOnce()) -> Vec<Value> {
         let buffer = Buffer::default();
@@ -268,7 +127,11 @@ mod tests {
             .with(EnvFilter::new("trace"))
             .with(json_layer(buffer.clone()));
         tracing::subscriber::with_default(subscriber, body);
-        buffer.lines()
+        buffer
+            .text()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("each line is one JSON object"))
+            .collect()
     }
 
     #[test]
