@@ -104,8 +104,9 @@ pub async fn declare_queue(
             .await
             .map_err(broker)?;
         let declared = declare_on(&connection, settings, spec, &broker).await;
-        // Close the channel before its connection: closing a connection under an open channel
-        // makes the client log a spurious "invalid channel state" error.
+        // Close the channel before its connection: a dropped channel is closed in the
+        // background, and closing the connection meanwhile makes the client log a spurious
+        // "invalid channel state: Closing" error.
         if let Ok(channel) = &declared {
             let _ = channel.close(200, "declared".into()).await;
         }
