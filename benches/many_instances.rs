@@ -5,7 +5,7 @@
 //!    200), once with the in-process dedupe window and once with `REDIS_URL` (one `SET NX PX`
 //!    per webhook). Target: at least 0.85.
 //! 2. Egress with three instances against one: `BENCH_EVENTS` egress events to many
-//!    recipients from many senders (so no sender's rate is the limit), `EGRESS_PARTITIONS=6`,
+//!    recipients from many senders (so no sender's rate is the limit), `BENCH_PARTITIONS`,
 //!    delivered to a minimal Twilio stand-in in this process that answers every create at once;
 //!    the rate is measured at the stand-in from the first to the last create, after a warm-up
 //!    that lets the partitions spread over the instances. Target: at least 2.5 (which needs
@@ -14,7 +14,8 @@
 //!
 //! Run: `cargo bench --bench many_instances` (needs RabbitMQ at `AMQP_URL`, default
 //! 127.0.0.1:5672, and Redis at `REDIS_URL`, default 127.0.0.1:6379). Environment:
-//! `BENCH_MESSAGES` (default 5000), `BENCH_CONCURRENCY` (64), `BENCH_EVENTS` (3000).
+//! `BENCH_MESSAGES` (default 5000), `BENCH_CONCURRENCY` (64), `BENCH_EVENTS` (3000),
+//! `BENCH_PARTITIONS` (6).
 
 use std::{
     collections::BTreeMap,
@@ -35,7 +36,6 @@ mod support;
 
 const TOKEN: &str = "bench-auth-token";
 const PUBLIC_BASE_URL: &str = "https://bench.example.com";
-const PARTITIONS: usize = 6;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -119,6 +119,7 @@ async fn main() {
     let messages = env_or("BENCH_MESSAGES", 5000);
     let concurrency = env_or("BENCH_CONCURRENCY", 64);
     let events = env_or("BENCH_EVENTS", 3000);
+    let partitions = env_or("BENCH_PARTITIONS", 6);
 
     let without = ingress_rate(&amqp, None, messages, concurrency).await;
     let with = ingress_rate(&amqp, Some(&redis), messages, concurrency).await;
@@ -127,9 +128,9 @@ async fn main() {
     println!("webhook -> confirmed publish, Redis dedupe:      {with:>8.0} msg/s");
     println!("ratio with Redis: {:.2} (target >= 0.85)", with / without);
 
-    let one = egress_rate(&amqp, &redis, 1, events).await;
-    let three = egress_rate(&amqp, &redis, 3, events).await;
-    println!("egress events: {events}, partitions: {PARTITIONS}");
+    let one = egress_rate(&amqp, &redis, 1, events, partitions).await;
+    let three = egress_rate(&amqp, &redis, 3, events, partitions).await;
+    println!("egress events: {events}, partitions: {partitions}");
     println!("egress, one instance:    {one:>8.0} sends/s (baseline)");
     println!("egress, three instances: {three:>8.0} sends/s");
     println!("ratio three to one: {:.2} (target >= 2.5)", three / one);
@@ -182,14 +183,20 @@ async fn stand_in() -> (String, Arc<Mutex<Vec<Instant>>>) {
 }
 
 /// Sends per second of `instances` instances delivering `events` events (after a warm-up).
-async fn egress_rate(amqp: &str, redis: &str, instances: usize, events: usize) -> f64 {
+async fn egress_rate(
+    amqp: &str,
+    redis: &str,
+    instances: usize,
+    events: usize,
+    partitions: usize,
+) -> f64 {
     let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let (twilio, created) = stand_in().await;
     let mut vars = base_vars(amqp, &name);
     for (key, value) in [
         ("REDIS_URL", redis.to_owned()),
         ("REDIS_KEY_PREFIX", format!("{name}:")),
-        ("EGRESS_PARTITIONS", PARTITIONS.to_string()),
+        ("EGRESS_PARTITIONS", partitions.to_string()),
         ("AMQP_PREFETCH", "16".to_owned()),
         ("TWILIO_ACCOUNT_SID", format!("AC{}", "0".repeat(32))),
         ("TWILIO_API_BASE_URL", twilio.clone()),
@@ -269,7 +276,7 @@ async fn egress_rate(amqp: &str, redis: &str, instances: usize, events: usize) -
     let rate = times.len() as f64 / (times[times.len() - 1] - times[0]).as_secs_f64();
     drop(services);
     let _ = connection.close(200, "done".into()).await;
-    let mut queues: Vec<String> = (0..PARTITIONS)
+    let mut queues: Vec<String> = (0..partitions)
         .map(|i| format!("{name}.egress.p{i}"))
         .collect();
     queues.push(format!("{name}.egress.instances"));

@@ -7,7 +7,9 @@
 //! With a shared window (Redis) the check is one atomic set-if-absent, so a retry reaching
 //! another instance is caught too. When the shared window cannot answer, an accepted webhook is
 //! never refused for it: the local window ([`EventPublisher::with_local_dedupe`]) decides, and
-//! what it lets through is marked as possibly duplicated.
+//! what it lets through is marked as possibly duplicated. Those ids are written to the shared
+//! window once it answers again (in the background), so a retry reaching another instance
+//! later is still caught.
 
 use std::{
     sync::{Arc, Mutex},
@@ -26,6 +28,9 @@ use crate::{
     state::StateStore,
     telemetry::trace_context::current_traceparent,
 };
+
+/// How many ids accepted without the shared dedupe window are kept to write to it later.
+const MAX_UNSHARED: usize = 100_000;
 
 /// What happened to a message handed to [`EventPublisher`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +88,9 @@ struct Inner {
     seen: Arc<dyn StateStore>,
     /// This process's own window, consulted when `seen` (shared) cannot answer.
     local_seen: Option<Arc<dyn StateStore>>,
+    /// Ids accepted while `seen` could not answer, with when their window ends: written to
+    /// `seen` once it answers again. At most [`MAX_UNSHARED`].
+    unshared: std::sync::Mutex<Vec<(String, tokio::time::Instant)>>,
     dedupe_window: Duration,
     confirm_timeout: Duration,
     confirms: Mutex<ConfirmRecord>,
@@ -105,6 +113,7 @@ impl EventPublisher {
                 outbox,
                 seen,
                 local_seen: None,
+                unshared: std::sync::Mutex::default(),
                 dedupe_window,
                 confirm_timeout,
                 confirms: Mutex::default(),
@@ -182,16 +191,24 @@ impl EventPublisher {
                     // Known locally too, should the shared window go away.
                     let _ = local.put(&key, "1", window).await;
                 }
+                self.share_unshared();
                 first
             }
             Err(error) => {
                 tracing::warn!(%error, "shared dedupe window unavailable; deduplicating locally and marking the event as a possible duplicate");
                 inner.metrics.dedupe_fallbacks.inc();
                 message.possible_duplicate = true;
-                match &inner.local_seen {
+                let first = match &inner.local_seen {
                     Some(local) => local.put_if_absent(&key, "1", window).await.unwrap_or(true),
                     None => true,
+                };
+                if first {
+                    let mut unshared = inner.unshared.lock().expect("poisoned");
+                    if unshared.len() < MAX_UNSHARED {
+                        unshared.push((key.clone(), tokio::time::Instant::now() + window));
+                    }
                 }
+                first
             }
         };
         if !first {
@@ -207,6 +224,35 @@ impl EventPublisher {
             }
         }
         result
+    }
+
+    /// Writes the ids accepted while the shared window was away into it, in the background.
+    fn share_unshared(&self) {
+        let pending = std::mem::take(&mut *self.inner.unshared.lock().expect("poisoned"));
+        if pending.is_empty() {
+            return;
+        }
+        let publisher = self.clone();
+        tokio::spawn(async move {
+            let seen = &publisher.inner.seen;
+            let count = pending.len();
+            let mut pending = pending.into_iter();
+            while let Some((key, until)) = pending.next() {
+                let left = until.saturating_duration_since(tokio::time::Instant::now());
+                if !left.is_zero() && seen.put_if_absent(&key, "1", left).await.is_err() {
+                    // Away again: the rest waits for the next answer.
+                    let mut unshared = publisher.inner.unshared.lock().expect("poisoned");
+                    unshared.push((key, until));
+                    unshared.extend(pending);
+                    unshared.truncate(MAX_UNSHARED);
+                    return;
+                }
+            }
+            tracing::info!(
+                count,
+                "ids accepted without the shared dedupe window written to it"
+            );
+        });
     }
 
     /// Publishes with confirm; on failure or timeout stores the message in the outbox.
@@ -377,5 +423,131 @@ impl EventPublisher {
         }
         tracing::info!("outbox drained");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use futures_util::future::BoxFuture;
+
+    use super::*;
+    use crate::{
+        bus::memory::MemoryBus,
+        state::{memory::MemoryStore, StoreError},
+    };
+
+    /// A shared store that can be taken away.
+    #[derive(Default)]
+    struct Flaky {
+        entries: MemoryStore,
+        down: AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                Err(StoreError::Unavailable("down".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    impl StateStore for Flaky {
+        fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.entries.get(key).await
+            })
+        }
+        fn put<'a>(
+            &'a self,
+            key: &'a str,
+            value: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.entries.put(key, value, ttl).await
+            })
+        }
+        fn put_if_absent<'a>(
+            &'a self,
+            key: &'a str,
+            value: &'a str,
+            ttl: Duration,
+        ) -> BoxFuture<'a, Result<bool, StoreError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.entries.put_if_absent(key, value, ttl).await
+            })
+        }
+        fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+            Box::pin(async move {
+                self.check()?;
+                self.entries.remove(key).await
+            })
+        }
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+    }
+
+    fn instance(shared: Arc<Flaky>, outbox: &std::path::Path) -> (EventPublisher, MemoryBus) {
+        let bus = MemoryBus::new(String::new());
+        let publisher = EventPublisher::new(
+            Bus::Memory(bus.clone()),
+            Outbox::open(outbox).unwrap(),
+            shared,
+            Duration::from_secs(60),
+            Duration::from_secs(1),
+            Metrics::new(),
+        )
+        .with_local_dedupe(Arc::new(MemoryStore::default()));
+        (publisher, bus)
+    }
+
+    fn message(id: &str) -> BusMessage {
+        BusMessage::json("t", id.into(), "c".into(), "k", "s", &serde_json::json!({})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_the_shared_window_ids_are_marked_deduped_locally_and_shared_later() {
+        let shared = Arc::new(Flaky::default());
+        let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (a, bus_a) = instance(shared.clone(), dir_a.path());
+        let (b, _) = instance(shared.clone(), dir_b.path());
+
+        shared.down.store(true, Ordering::SeqCst);
+        assert_eq!(
+            a.publish_once(message("m1")).await.unwrap(),
+            Delivery::Published
+        );
+        assert_eq!(
+            a.publish_once(message("m1")).await.unwrap(),
+            Delivery::Duplicate,
+            "the local window still answers"
+        );
+        assert!(bus_a.recent()[0].possible_duplicate);
+
+        shared.down.store(false, Ordering::SeqCst);
+        assert_eq!(
+            a.publish_once(message("m2")).await.unwrap(),
+            Delivery::Published
+        );
+        assert!(!bus_a.recent()[1].possible_duplicate);
+        for _ in 0..100 {
+            if shared.entries.get("seen:m1").await.unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            b.publish_once(message("m1")).await.unwrap(),
+            Delivery::Duplicate,
+            "another instance sees what was accepted while the shared window was away"
+        );
     }
 }

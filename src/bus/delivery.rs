@@ -93,14 +93,18 @@ pub struct SubscriptionSpec {
     pub single_active_consumer: bool,
 }
 
-/// Where a subscription reports its state: up while consuming, and the queue's depth.
+/// Where a subscription reports its state: up while consuming, and the queue's depth; and
+/// whether its consumer is stopping.
 #[derive(Clone, Debug)]
 pub struct SubscriptionProbe {
     pub consuming: ReadyFlag,
     pub queue_depth: IntGauge,
     /// Set to 1 once deliveries arrive (this consumer is the active one), 0 when it stops.
     pub active: Option<IntGauge>,
-    /// How many consumers the queue has (every instance's, active or waiting), sampled with
-    /// the depth.
+    /// How many consumers the queue has, sampled with the depth.
     pub consumers: Option<IntGauge>,
+    /// Cancelled once the consumer of a single-active-consumer queue is stopping: from then on
+    /// a requeue leaves the message to the channel's close, which returns everything in
+    /// delivery order before the next consumer starts.
+    pub stopping: Option<tokio_util::sync::CancellationToken>,
 }

@@ -141,6 +141,7 @@ pub fn start(
         queue_depth: metrics.egress_queue_depth.clone(),
         active: None,
         consumers: None,
+        stopping: None,
     };
     let amqp = match bus {
         Bus::Amqp(amqp) if bus_settings.egress_partitions > 1 => amqp.clone(),

@@ -63,6 +63,7 @@ pub(super) fn start(
                     queue_depth: metrics.egress_partition_depth.with_label_values(&[&label]),
                     active: Some(metrics.egress_partition_active.with_label_values(&[&label])),
                     consumers: None,
+                    stopping: None,
                 },
                 release: Mutex::new(CancellationToken::new()),
             })
@@ -97,6 +98,7 @@ pub(super) fn start(
             queue_depth: prometheus::IntGauge::new("roll_call_depth", "unused").expect("valid"),
             active: None,
             consumers: Some(metrics.egress_instances.clone()),
+            stopping: None,
         },
     );
     let instances = metrics.egress_instances.clone();
@@ -136,7 +138,12 @@ async fn consume(
     loop {
         let release = shutdown.child_token();
         *partition.release.lock().await = release.clone();
-        let subscription = bus.subscribe(partition.spec.clone(), partition.probe.clone());
+        let probe = SubscriptionProbe {
+            // A child of `shutdown`: cancelled at once when the service stops, too.
+            stopping: Some(release.clone()),
+            ..partition.probe.clone()
+        };
+        let subscription = bus.subscribe(partition.spec.clone(), probe);
         consumer::run(engine.clone(), subscription, release).await;
         if shutdown.is_cancelled() {
             return;

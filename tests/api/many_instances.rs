@@ -356,6 +356,42 @@ async fn killing_the_instance_active_on_a_partition_loses_and_repeats_nothing() 
 }
 
 #[tokio::test]
+async fn stopping_the_active_instance_gracefully_hands_its_partition_over_in_order() {
+    let amqp = require_broker!();
+    let redis = require_redis!();
+    let fake = fake_twilio().await;
+    let mut cluster = Cluster::start(
+        &amqp,
+        &redis,
+        &fake,
+        2,
+        2,
+        &[("TWILIO_MAX_SEND_RATE", "10"), ("AMQP_PREFETCH", "8")],
+    )
+    .await;
+    let publisher = EgressPublisher::connect(&amqp, &cluster.exchange, "").await;
+    let recipients = recipients(2, 3500);
+    let per_recipient = 15;
+    publish_interleaved(&publisher, &recipients, per_recipient).await;
+    fake.wait_for_requests(Route::Messages, 8, Duration::from_secs(30))
+        .await;
+    let mut active = None;
+    for _ in 0..40 {
+        for (index, replica) in cluster.replicas.iter().enumerate() {
+            if !replica.active_partitions(&cluster.client).await.is_empty() {
+                active = Some(index);
+            }
+        }
+        if active.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    cluster.replicas[active.expect("an instance serves the partition")].terminate();
+    assert_stream_delivered(&fake, &cluster, &recipients, per_recipient).await;
+}
+
+#[tokio::test]
 async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_no_sms() {
     let amqp = require_broker!();
     let _ = require_redis!();
@@ -410,6 +446,8 @@ async fn redis_stopped_and_restarted_mid_stream_refuses_no_webhook_and_repeats_n
         .await
         .unwrap();
     assert_eq!(readiness["redis"], "down", "{readiness}");
+    let snapshot = replica.snapshot(&cluster.client).await.to_string();
+    assert!(!snapshot.contains(&redis.password), "{snapshot}");
     assert_eq!(
         replica
             .metric(&cluster.client, "ingress_egress_redis_up")

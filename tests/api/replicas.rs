@@ -21,7 +21,7 @@ use crate::{
 
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
-/// Whether a Redis answers `PING` on `port`.
+/// Whether a Redis answers `PING` on `port` (`-NOAUTH` from one that wants a password counts).
 pub async fn redis_answers(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let probe = async {
@@ -29,7 +29,7 @@ pub async fn redis_answers(port: u16) -> bool {
         stream.write_all(b"PING\r\n").await?;
         let mut answer = [0u8; 5];
         stream.read_exact(&mut answer).await?;
-        Ok::<_, std::io::Error>(&answer == b"+PONG")
+        Ok::<_, std::io::Error>(&answer == b"+PONG" || &answer == b"-NOAU")
     };
     matches!(
         tokio::time::timeout(Duration::from_secs(2), probe).await,
@@ -65,10 +65,12 @@ macro_rules! require_redis {
     };
 }
 
-/// A `redis-server` of the test's own, on a free port, keeping nothing on disk: stopping and
-/// starting it loses every key, as a restarted Redis without persistence does.
+/// A `redis-server` of the test's own, on a free port, with a password (AUTH through the URL)
+/// and keeping nothing on disk: stopping and starting it loses every key, as a restarted Redis
+/// without persistence does.
 pub struct PrivateRedis {
     pub port: u16,
+    pub password: String,
     dir: tempfile::TempDir,
     process: Option<Child>,
 }
@@ -78,6 +80,7 @@ impl PrivateRedis {
         let port = free_port();
         let mut redis = Self {
             port,
+            password: format!("redis-pass-{}", uuid::Uuid::new_v4().simple()),
             dir: tempfile::tempdir().unwrap(),
             process: None,
         };
@@ -86,7 +89,7 @@ impl PrivateRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        format!("redis://:{}@127.0.0.1:{}/0", self.password, self.port)
     }
 
     /// Starts (again) on the same port.
@@ -94,6 +97,7 @@ impl PrivateRedis {
         let process = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(["--requirepass", &self.password])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())
@@ -147,6 +151,16 @@ impl Replica {
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
             let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// SIGTERM, as Cloud Run stops an instance, and waits for the process to exit.
+    pub fn terminate(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &process.id().to_string()])
+                .status();
             let _ = process.wait();
         }
     }

@@ -243,7 +243,14 @@ impl Consumer {
                             trace_parent: header_text(&delivery.properties, TRACEPARENT),
                             redelivered: delivery.redelivered,
                             body: delivery.data,
-                            handle: DeliveryHandle::new(AmqpSettle(delivery.acker)),
+                            handle: DeliveryHandle::new(AmqpSettle {
+                                acker: delivery.acker,
+                                returned_on_close: self
+                                    .probe
+                                    .stopping
+                                    .clone()
+                                    .filter(|_| self.spec.single_active_consumer),
+                            }),
                         };
                         if self.sender.send(received).await.is_err() {
                             // The subscriber stopped listening; what it did not take returns
@@ -274,12 +281,19 @@ fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-struct AmqpSettle(Acker);
+struct AmqpSettle {
+    acker: Acker,
+    /// With a single active consumer: the signal that the consumer is stopping. Once it is
+    /// given, a requeue leaves the message unsettled instead: closing the channel returns
+    /// everything unsettled in delivery order before the next consumer starts, whereas a
+    /// message requeued now could reach the next consumer after later ones.
+    returned_on_close: Option<CancellationToken>,
+}
 
 impl Settle for AmqpSettle {
     fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>> {
         Box::pin(async {
-            self.0
+            self.acker
                 .ack(BasicAckOptions::default())
                 .await
                 .map(|_| ())
@@ -288,6 +302,13 @@ impl Settle for AmqpSettle {
     }
 
     fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+        if self
+            .returned_on_close
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            return Box::pin(async { Ok(()) });
+        }
         Box::pin(self.nack(true))
     }
 
@@ -302,7 +323,7 @@ impl AmqpSettle {
             requeue,
             ..BasicNackOptions::default()
         };
-        self.0
+        self.acker
             .nack(options)
             .await
             .map(|_| ())
