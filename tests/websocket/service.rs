@@ -790,3 +790,65 @@ async fn publish(url: &str, exchange: &str, routing_key: &str, message_id: &str,
         .unwrap();
     let _ = connection.close(200, "published".into()).await;
 }
+
+#[tokio::test]
+async fn closed_conversations_are_left_to_make_room_when_the_policy_is_on() {
+    let url = require_broker!();
+    let emulator = Emulator::start(&[("EMULATOR_PARTICIPANT_LIMIT", "2")]).await;
+    let closed = emulator.joined_conversation().await;
+    let recently_closed = emulator.joined_conversation().await;
+    let old = (chrono::Utc::now() - chrono::Duration::days(10)).to_rfc3339();
+    let recent = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    for (sid, at) in [(&closed, &old), (&recently_closed, &recent)] {
+        emulator
+            .post(
+                &format!("/conversations/{sid}/state"),
+                json!({"state": "closed", "dateUpdated": at}),
+            )
+            .await;
+    }
+    let invited = emulator.conversation().await;
+    emulator.add_sms_participant(&invited, SMS_USER).await;
+    emulator.invite(&invited, BOT).await;
+    let exchange = new_exchange();
+    let mut tap = BusTap::bind(&url, &exchange, INGRESS).await;
+    let app = socket_app(
+        &url,
+        &emulator,
+        &exchange,
+        "websocket",
+        &[("TWILIO_LEAVE_CLOSED_AFTER_DAYS", "7")],
+    )
+    .await;
+
+    // The conversation closed ten days ago is left; the one closed yesterday is kept; the
+    // invitation that found the identity at its cap is joined in the freed place.
+    let socket = until(&app, "left and joined", |socket| {
+        conversation_entry(socket, &closed).is_null()
+            && conversation_entry(socket, &invited)["status"] == "joined"
+    })
+    .await;
+    assert_eq!(
+        conversation_entry(&socket, &recently_closed)["status"],
+        "joined"
+    );
+    assert_eq!(socket["counters"]["leaves"], 1);
+    assert!(socket["participantLimitReached"].is_null(), "{socket}");
+    let (_, details) = emulator
+        .call("GET", &format!("/conversations/{closed}"), None)
+        .await;
+    assert!(!details["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["identity"] == BOT));
+    until(&app, "the invitation synced", |socket| {
+        conversation_entry(socket, &invited)["catchingUp"] == false
+    })
+    .await;
+    let (sid, _) = emulator
+        .message(&invited, SMS_USER, "now there is room")
+        .await;
+    assert_eq!(next_envelope(&mut tap).await.0, format!("twilio:{sid}"));
+    nothing_more(&mut tap).await;
+}

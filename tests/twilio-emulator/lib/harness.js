@@ -95,6 +95,16 @@ function makeHarness({ conversations, twilsock, store }) {
         : { address: b.address, proxyAddress: b.proxyAddress ?? null, attributes: b.attributes });
       return [201, { sid: p.sid }];
     }],
+    ['POST', /^\/conversations\/([^/]+)\/state$/, async (req, [sid]) => {
+      const b = await readJson(req);
+      if (typeof b.state !== 'string') throw new HttpError(400, 'state is required');
+      if (b.dateUpdated !== undefined && Number.isNaN(Date.parse(b.dateUpdated))) {
+        throw new HttpError(400, 'dateUpdated must be an ISO 8601 date');
+      }
+      const conv = conversations.get(sid);
+      conversations.setState(conv, b.state, b.dateUpdated);
+      return [200, { sid: conv.sid, state: conv.state }];
+    }],
     ['POST', /^\/conversations\/([^/]+)\/invite$/, async (req, [sid]) => {
       const b = await readJson(req);
       if (!b.identity) throw new HttpError(400, 'identity is required');
