@@ -692,6 +692,51 @@ async fn with_both_transports_each_message_is_published_once() {
     );
 }
 
+/// An app whose replies to conversations go over the socket; REST points nowhere, so only
+/// the socket can deliver them.
+async fn socket_egress_app(url: &str, emulator: &Emulator, exchange: &str) -> TestApp {
+    socket_app(
+        url,
+        emulator,
+        exchange,
+        "websocket",
+        &[
+            ("TWILIO_EGRESS_TRANSPORT", "websocket"),
+            ("TWILIO_CONVERSATIONS_BASE_URL", "http://127.0.0.1:9"),
+            ("TWILIO_MAX_SEND_RATE", "100"),
+        ],
+    )
+    .await
+}
+
+/// An egress event replying `text` in `conversation`.
+fn reply_in(conversation: &str, text: &str) -> Value {
+    json!({
+        "v": "2",
+        "correlationId": uuid::Uuid::new_v4().to_string(),
+        "type": "chat.message.v1",
+        "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "ingress.twilio", "connector": "twilio", "channel": conversation},
+        "identity": {"external": {"id": SMS_USER, "platform": "twilio"}},
+        "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat", "channel": conversation},
+        "routing": {"stage": "responded", "slip": [], "history": []},
+        "message": {"id": "bot-reply-1", "role": "assistant", "text": text}
+    })
+}
+
+/// The one message the bot posted, checked to carry the origin and the part's key.
+async fn the_bots_only_message(emulator: &Emulator, conversation: &str) -> Value {
+    let stored = emulator.messages(conversation).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let posted = stored[0].clone();
+    assert_eq!(posted["author"], BOT);
+    let attributes: Value = serde_json::from_str(posted["attributes"].as_str().unwrap()).unwrap();
+    assert_eq!(attributes["origin"], "ingress-egress");
+    assert!(attributes["key"]
+        .as_str()
+        .is_some_and(|key| !key.is_empty()));
+    posted
+}
+
 #[tokio::test]
 async fn replies_to_conversations_are_posted_over_the_socket() {
     let url = require_broker!();
@@ -700,46 +745,52 @@ async fn replies_to_conversations_are_posted_over_the_socket() {
     let exchange = new_exchange();
     let mut ingress_tap = BusTap::bind(&url, &exchange, INGRESS).await;
     let mut status_tap = BusTap::bind(&url, &exchange, "internal.egress.status.v1").await;
-    // REST points nowhere: only the socket can deliver this reply.
-    let _app = socket_app(
-        &url,
-        &emulator,
-        &exchange,
-        "websocket",
-        &[
-            ("TWILIO_EGRESS_TRANSPORT", "websocket"),
-            ("TWILIO_CONVERSATIONS_BASE_URL", "http://127.0.0.1:9"),
-            ("TWILIO_MAX_SEND_RATE", "100"),
-        ],
-    )
-    .await;
-    let reply = json!({
-        "v": "2",
-        "correlationId": uuid::Uuid::new_v4().to_string(),
-        "type": "chat.message.v1",
-        "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "ingress.twilio", "connector": "twilio", "channel": conversation},
-        "identity": {"external": {"id": SMS_USER, "platform": "twilio"}},
-        "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat", "channel": conversation},
-        "routing": {"stage": "responded", "slip": [], "history": []},
-        "message": {"id": "bot-reply-1", "role": "assistant", "text": "Your order ships today."}
-    });
+    let _app = socket_egress_app(&url, &emulator, &exchange).await;
+    let reply = reply_in(&conversation, "Your order ships today.");
     publish(&url, &exchange, "internal.egress.v1", "reply-1", &reply).await;
 
     let (_, status) = status_tap.next_json().await;
     assert_eq!(status["status"], "sent", "{status}");
-    let stored = emulator.messages(&conversation).await;
-    assert_eq!(stored.len(), 1, "{stored:?}");
-    let posted = &stored[0];
-    assert_eq!(posted["author"], BOT);
+    let posted = the_bots_only_message(&emulator, &conversation).await;
     assert_eq!(posted["body"], "Your order ships today.");
     assert_eq!(status["providerSid"], posted["sid"]);
-    let attributes: Value = serde_json::from_str(posted["attributes"].as_str().unwrap()).unwrap();
-    assert_eq!(attributes["origin"], "ingress-egress");
-    assert!(attributes["key"]
-        .as_str()
-        .is_some_and(|key| !key.is_empty()));
     // The bot's reply is not published back as an inbound message.
     nothing_more(&mut ingress_tap).await;
+}
+
+#[tokio::test]
+async fn a_reply_whose_answer_was_lost_is_found_not_posted_twice() {
+    let url = require_broker!();
+    let emulator = Emulator::start(&[]).await;
+    let conversation = emulator.joined_conversation().await;
+    let exchange = new_exchange();
+    let mut status_tap = BusTap::bind(&url, &exchange, "internal.egress.status.v1").await;
+    let app = socket_egress_app(&url, &emulator, &exchange).await;
+    // Twilio creates the message, but the socket drops before its answer arrives.
+    emulator
+        .post(
+            "/faults",
+            json!({"lostReplies": 1, "match": format!("/Conversations/{conversation}/Messages")}),
+        )
+        .await;
+    let reply = reply_in(&conversation, "Posted once, whatever happens.");
+    publish(&url, &exchange, "internal.egress.v1", "reply-lost", &reply).await;
+
+    let (_, status) = status_tap.next_json().await;
+    assert_eq!(status["status"], "sent", "{status}");
+    assert_eq!(status["attempts"], 2, "{status}");
+    let posted = the_bots_only_message(&emulator, &conversation).await;
+    assert_eq!(status["providerSid"], posted["sid"]);
+    let state = emulator.state().await;
+    assert_eq!(state["pendingFaults"], 0);
+    assert_eq!(
+        Emulator::upstream_count(
+            &state,
+            &format!("POST aim.us1.twilio.com/Client/v2/Conversations/{conversation}/Messages")
+        ),
+        1
+    );
+    assert!(reconnects(&app).await >= 1);
 }
 
 #[tokio::test]

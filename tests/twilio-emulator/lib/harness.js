@@ -142,10 +142,13 @@ function makeHarness({ conversations, twilsock, store }) {
     }],
     ['POST', /^\/faults$/, async (req) => {
       const b = await readJson(req);
-      const n = b.upstream429;
-      if (!Number.isInteger(n) || n < 0) throw new HttpError(400, 'upstream429 must be a non-negative integer');
       if (b.match !== undefined && typeof b.match !== 'string') throw new HttpError(400, 'match must be a string');
-      twilsock.addFault(n, b.match);
+      const kinds = [['upstream429', '429'], ['lostReplies', 'lostReply']].filter(([field]) => b[field] !== undefined);
+      if (kinds.length !== 1) throw new HttpError(400, 'give one of upstream429 or lostReplies');
+      const [[field, kind]] = kinds;
+      const n = b[field];
+      if (!Number.isInteger(n) || n < 0) throw new HttpError(400, `${field} must be a non-negative integer`);
+      twilsock.addFault(n, b.match, kind);
       return [200, { pendingFaults: twilsock.state().pendingFaults }];
     }],
     ['GET', /^\/state$/, async () => [200, { ...twilsock.state(), conversations: conversations.conversations.size }]],
