@@ -27,13 +27,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use ingress_egress::bus::amqp::tap::Tap;
 use lapin::{
-    options::{
-        BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
-        QueueBindOptions, QueueDeclareOptions,
-    },
-    types::FieldTable,
+    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions},
     BasicProperties, Connection, ConnectionProperties,
 };
 use serde_json::{json, Value};
@@ -180,49 +176,10 @@ fn summarize(mut samples: Vec<Duration>) -> Latencies {
 }
 
 /// A consumer bound to the exchange before anything is published.
-async fn consumer(amqp: &str, exchange: &str) -> (Connection, lapin::Consumer) {
-    let connection = Connection::connect(amqp, ConnectionProperties::default())
+async fn consumer(amqp: &str, exchange: &str) -> Tap {
+    Tap::bind(amqp, exchange, ROUTING_KEY)
         .await
-        .expect("connect");
-    let channel = connection.create_channel().await.expect("channel");
-    ingress_egress::bus::amqp::topology::declare_exchange(&channel, exchange)
-        .await
-        .expect("exchange");
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue");
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            exchange.into(),
-            ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-    let consumer = channel
-        .basic_consume(
-            queue.name().clone(),
-            "bench".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    (connection, consumer)
+        .expect("a queue bound to the exchange")
 }
 
 /// Publish (with confirms) → consume latency of the broker alone, at the same rate.
@@ -232,7 +189,7 @@ async fn bare_lapin_latency(
     messages: usize,
     interval: Duration,
 ) -> Latencies {
-    let (_connection, mut consumer) = consumer(amqp, exchange).await;
+    let mut consumer = consumer(amqp, exchange).await;
     let publisher = Connection::connect(amqp, ConnectionProperties::default())
         .await
         .expect("connect");
@@ -273,10 +230,9 @@ async fn bare_lapin_latency(
     let mut samples = Vec::with_capacity(messages);
     while samples.len() < messages {
         let delivery = consumer
-            .next()
+            .next(Duration::from_secs(60))
             .await
-            .expect("a delivery")
-            .expect("delivery");
+            .expect("a delivery within 60 s");
         let id = delivery
             .properties
             .message_id()
@@ -301,7 +257,7 @@ async fn socket_latency(
     messages: usize,
     interval: Duration,
 ) -> (Latencies, Latencies) {
-    let (_connection, mut consumer) = consumer(amqp, exchange).await;
+    let mut consumer = consumer(amqp, exchange).await;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let round_trips: Arc<Mutex<Vec<Duration>>> = Arc::default();
     let sending = {
@@ -339,11 +295,10 @@ async fn socket_latency(
     };
     let mut samples = Vec::with_capacity(messages);
     while samples.len() < messages {
-        let delivery = tokio::time::timeout(Duration::from_secs(60), consumer.next())
+        let delivery = consumer
+            .next(Duration::from_secs(60))
             .await
-            .expect("an envelope within 60 s")
-            .expect("a delivery")
-            .expect("delivery");
+            .expect("an envelope within 60 s");
         let arrived = Instant::now();
         let envelope: Value = serde_json::from_slice(&delivery.data).expect("JSON");
         let text = envelope["message"]["text"].as_str().unwrap_or_default();
