@@ -7,8 +7,8 @@
 #   docker run --rm -p 8080:8080 -e APP_ENV=development ingress-egress   # embedded bus, dev token
 #
 # The image defaults to APP_ENV=production, which refuses to start without AMQP_URL,
-# TWILIO_AUTH_TOKEN and TWILIO_ACCOUNT_SID: a forgotten variable fails loudly instead of
-# running a deployment with development shortcuts.
+# PUBLIC_BASE_URL, TWILIO_AUTH_TOKEN and TWILIO_ACCOUNT_SID: a forgotten variable fails loudly
+# instead of running a deployment with development shortcuts.
 #
 # The runtime honours PORT (Cloud Run sets it; default 8080) and keeps its outbox in
 # /var/lib/ingress-egress/outbox. HEALTHCHECK asks GET /healthz with bash's /dev/tcp, so the
@@ -39,6 +39,8 @@ RUN awk '/^\[\[(test|bench|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !
         target/release/.fingerprint/ingress-egress-*
 
 # The service itself. Touch the sources so cargo never mistakes them for the placeholders.
+# openapi/ holds the AsyncAPI document and its schemas, compiled in (src/routes/event_contract.rs).
+COPY openapi/asyncapi.yaml openapi/*.schema.json ./openapi/
 COPY src ./src
 RUN find src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --bin ingress-egress \

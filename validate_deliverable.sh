@@ -21,6 +21,13 @@ cargo clippy --locked --all-targets --features websocket -- -D warnings
 step "tests (RabbitMQ required)"
 REQUIRE_AMQP=1 cargo test --locked
 
+step "AsyncAPI document (AsyncAPI parser)"
+bash tests/asyncapi/run.sh
+
+step "alerting rules (promtool)"
+promtool check rules deploy/prometheus/alerts.yaml
+(cd deploy/prometheus && promtool test rules alerts.test.yaml)
+
 step "WebSocket transport: emulator proven against Twilio's SDK, then our client and service"
 bash tests/twilio-emulator/run.sh
 REQUIRE_AMQP=1 cargo test --locked --features websocket --lib --test websocket

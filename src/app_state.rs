@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::{
     auth::BearerAuth, bus::Bus, configuration::Settings, connectors::Connector, metrics::Metrics,
-    publisher::EventPublisher, readiness::ReadyFlag,
+    publisher::EventPublisher, readiness::ReadyFlag, state::redis::RedisStore,
 };
 
 pub struct AppState {
@@ -18,9 +18,27 @@ pub struct AppState {
     pub egress_consuming: Option<ReadyFlag>,
     /// Guards the debug routes (`DEBUG_TOKEN`).
     pub debug_auth: BearerAuth,
+    /// The shared state store, when `REDIS_URL` is set (its state shows on `/readyz`).
+    pub redis: Option<RedisStore>,
 }
 
 impl AppState {
+    /// Ready for traffic: the broker connection is up and confirming publishes, and, when egress
+    /// runs, its consumer is consuming.
+    pub fn is_ready(&self) -> bool {
+        self.bus.is_ready()
+            && !self.publisher.confirms_stalled()
+            && self
+                .egress_consuming
+                .as_ref()
+                .is_none_or(|consuming| consuming.get())
+            && self
+                .connectors
+                .iter()
+                .filter_map(|connector| connector.readiness())
+                .all(|link| link.ready)
+    }
+
     pub fn connector(&self, name: &str) -> Option<&Arc<dyn Connector>> {
         self.connectors.iter().find(|c| c.name() == name)
     }

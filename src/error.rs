@@ -24,6 +24,10 @@ pub enum ApiError {
     UnsupportedMediaType { expected: &'static str },
     #[error("{0}")]
     Unavailable(String),
+    #[error("the request body did not arrive within {0:?}")]
+    RequestTimeout(std::time::Duration),
+    #[error("too many requests in progress from this client; retry later")]
+    TooManyRequests,
 }
 
 impl ApiError {
@@ -37,6 +41,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType { .. } => "unsupported_media_type",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::TooManyRequests => "too_many_requests",
         }
     }
 }
@@ -66,6 +72,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 

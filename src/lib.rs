@@ -4,13 +4,15 @@
 //! pieces are wired) and `docs/architecture.md`.
 //!
 //! Core:
-//! - [`configuration`]: settings from the environment; [`telemetry`]: logs; [`metrics`].
+//! - [`configuration`]: settings from the environment; [`telemetry`]: logs and traces;
+//!   [`metrics`].
 //! - [`envelope`]: the `InternalEventV2` every event uses.
 //! - [`bus`]: RabbitMQ and the embedded bus, publishing and subscriptions; [`outbox`] and
 //!   [`publisher`]: the delivery guarantees of ingress.
-//! - [`egress`]: the engine that delivers reply events through connectors' sinks.
+//! - [`egress`]: the engine that delivers reply events through connectors' sinks, with its
+//!   send ledger; [`state`]: the key-value store such memory lives in.
 //! - [`routes`]: health, metrics and debug routes; [`app_state`], [`auth`], [`error`],
-//!   [`openapi`], [`readiness`], [`backoff`].
+//!   [`openapi`], [`readiness`], [`backoff`], [`client_limit`].
 //!
 //! Connectors: [`connectors`] (the trait and the registry); [`connectors::twilio`].
 
@@ -18,6 +20,7 @@ pub mod app_state;
 pub mod auth;
 pub mod backoff;
 pub mod bus;
+pub mod client_limit;
 pub mod configuration;
 pub mod connectors;
 pub mod egress;
@@ -30,4 +33,5 @@ pub mod publisher;
 pub mod readiness;
 pub mod routes;
 pub mod startup;
+pub mod state;
 pub mod telemetry;

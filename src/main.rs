@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use ingress_egress::{
-    configuration::{ConfigError, Settings},
+    configuration::{redact_url, ConfigError, Settings},
     connectors::registry::simulate,
     startup::Application,
     telemetry,
@@ -37,16 +37,30 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    let command = cli.command.unwrap_or(Command::Serve);
+    // Outside the runtime: span export runs on a thread of its own, and the guard's drop (after
+    // the runtime is done) exports what is still buffered.
+    let _telemetry = match command {
+        Command::Serve => match telemetry::init(&settings.telemetry) {
+            Ok(guard) => Some(guard),
+            Err(error) => {
+                eprintln!("{error}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        Command::Simulate(_) => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve) {
+        match command {
             Command::Serve => serve(settings).await,
             Command::Simulate(args) => simulate::run(&settings, args).await,
         }
     });
+    drop(runtime);
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) if error.downcast_ref::<ConfigError>().is_some() => {
@@ -61,13 +75,17 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    telemetry::init(settings.log_format, &settings.log_level);
     let application = Application::build(settings.clone()).await?;
     tracing::info!(
         port = application.port(),
         bus = %settings.redacted_amqp_url(),
         instance_id = %settings.bus.instance_id,
         connectors = ?application.connector_names(),
+        trace_export = %settings
+            .telemetry
+            .otlp_traces_endpoint
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), |url| redact_url(url.as_str())),
         "ingress-egress listening"
     );
     application.run_until_stopped().await?;

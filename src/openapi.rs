@@ -18,7 +18,7 @@ const SNAPSHOT_TEMPLATE: &str = "/_debug/{connector}";
 #[openapi(
     info(
         title = "ingress-egress",
-        description = "Connects Twilio SMS, MMS, WhatsApp and Conversations to RabbitMQ: signed webhooks become InternalEventV2 events; egress events become Twilio REST sends."
+        description = "Connects Twilio SMS, MMS, WhatsApp and Conversations to RabbitMQ: signed webhooks become InternalEventV2 events; egress events become Twilio REST sends.\n\nThe messages on RabbitMQ (what the service publishes and consumes, with their AMQP properties and payload schemas) are described by the AsyncAPI document at [/api-docs/asyncapi.yaml](/api-docs/asyncapi.yaml)."
     ),
     paths(
         routes::health::healthz,

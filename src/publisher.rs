@@ -1,17 +1,30 @@
 //! Publishing with the delivery guarantees of the design: confirmed publish, falling back to the
-//! durable outbox when the broker is away or slow, and a short-lived dedupe cache for provider
-//! retries. Every connector publishes through [`EventPublisher`].
+//! durable outbox when the broker is away or slow, and a dedupe window (`DEDUPE_TTL_SECONDS`,
+//! 24 h by default) over message ids, so a provider's retry, or a captured request replayed
+//! within the window, is not published again. Every connector publishes through
+//! [`EventPublisher`].
+//!
+//! With a shared window (Redis) the check is one atomic set-if-absent, so a retry reaching
+//! another instance is caught too. When the shared window cannot answer, an accepted webhook is
+//! never refused for it: the local window ([`EventPublisher::with_local_dedupe`]) decides, and
+//! what it lets through is marked as possibly duplicated.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
-use moka::sync::Cache;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::{
     backoff::Backoff,
     bus::{Bus, BusMessage, PublishError},
     metrics::Metrics,
     outbox::{Outbox, OutboxError},
+    state::StateStore,
+    telemetry::trace_context::current_traceparent,
 };
 
 /// What happened to a message handed to [`EventPublisher`].
@@ -35,6 +48,10 @@ impl Delivery {
     }
 }
 
+/// Time kept before a caller's deadline for writing the outbox when the broker's confirm did not
+/// come: an fsynced write of one small file.
+const OUTBOX_RESERVE: Duration = Duration::from_millis(500);
+
 /// Neither the broker nor the outbox took the message: the caller must not acknowledge it.
 #[derive(Debug, thiserror::Error)]
 #[error("event could not be published ({publish}) nor stored ({store})")]
@@ -42,6 +59,17 @@ pub struct PublishFailed {
     pub publish: PublishError,
     pub store: OutboxError,
 }
+
+/// When the broker last confirmed and last let a confirm time out.
+#[derive(Default)]
+struct ConfirmRecord {
+    last_confirmed: Option<Instant>,
+    last_timed_out: Option<Instant>,
+}
+
+/// A confirm timeout this recent, with no confirm since, means the broker is stalled (the
+/// connection is up but publishes go nowhere): not ready.
+const STALL_WINDOW: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct EventPublisher {
@@ -51,8 +79,13 @@ pub struct EventPublisher {
 struct Inner {
     bus: Bus,
     outbox: Outbox,
-    recently_accepted: Cache<String, ()>,
+    /// Message ids accepted within the dedupe window.
+    seen: Arc<dyn StateStore>,
+    /// This process's own window, consulted when `seen` (shared) cannot answer.
+    local_seen: Option<Arc<dyn StateStore>>,
+    dedupe_window: Duration,
     confirm_timeout: Duration,
+    confirms: Mutex<ConfirmRecord>,
     metrics: Metrics,
 }
 
@@ -60,7 +93,8 @@ impl EventPublisher {
     pub fn new(
         bus: Bus,
         outbox: Outbox,
-        dedupe_ttl: Duration,
+        seen: Arc<dyn StateStore>,
+        dedupe_window: Duration,
         confirm_timeout: Duration,
         metrics: Metrics,
     ) -> Self {
@@ -69,14 +103,23 @@ impl EventPublisher {
             inner: Arc::new(Inner {
                 bus,
                 outbox,
-                recently_accepted: Cache::builder()
-                    .max_capacity(100_000)
-                    .time_to_live(dedupe_ttl)
-                    .build(),
+                seen,
+                local_seen: None,
+                dedupe_window,
                 confirm_timeout,
+                confirms: Mutex::default(),
                 metrics,
             }),
         }
+    }
+
+    /// Keeps a local dedupe window beside the shared one, for when the shared one cannot
+    /// answer. Must be called before the publisher is shared.
+    pub fn with_local_dedupe(mut self, local: Arc<dyn StateStore>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("with_local_dedupe is called before the publisher is shared")
+            .local_seen = Some(local);
+        self
     }
 
     pub fn bus(&self) -> &Bus {
@@ -87,21 +130,81 @@ impl EventPublisher {
         &self.inner.outbox
     }
 
-    /// Publishes unless the same `message_id` was accepted within the dedupe window.
+    /// The broker let a confirm time out recently and has confirmed nothing since: the
+    /// connection may look up, but what is published goes to the outbox.
+    pub fn confirms_stalled(&self) -> bool {
+        let record = self.inner.confirms.lock().expect("poisoned");
+        match record.last_timed_out {
+            Some(timed_out) if timed_out.elapsed() < STALL_WINDOW => record
+                .last_confirmed
+                .is_none_or(|confirmed| confirmed < timed_out),
+            _ => false,
+        }
+    }
+
+    /// Publishes unless the same `message_id` was accepted within the dedupe window. When the
+    /// shared window cannot be consulted the local one decides, and the message goes out marked
+    /// as possibly duplicated (consumers dedupe on the stable `message_id`): an accepted webhook
+    /// is never refused for want of the window.
     pub async fn publish_once(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
-        let entry = self
-            .inner
-            .recently_accepted
-            .entry(message.message_id.clone())
-            .or_insert(());
-        if !entry.is_fresh() {
+        self.publish_once_waiting(message, self.inner.confirm_timeout)
+            .await
+    }
+
+    /// [`Self::publish_once`] for a caller that must be done by `deadline` (a webhook whose
+    /// sender gives up after a fixed time): the confirm wait is cut short so that the outbox
+    /// fallback still fits before it, and once the deadline is too near the message goes
+    /// straight to the outbox.
+    pub async fn publish_once_by(
+        &self,
+        message: BusMessage,
+        deadline: Instant,
+    ) -> Result<Delivery, PublishFailed> {
+        let wait = self.inner.confirm_timeout.min(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(OUTBOX_RESERVE),
+        );
+        self.publish_once_waiting(message, wait).await
+    }
+
+    async fn publish_once_waiting(
+        &self,
+        mut message: BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<Delivery, PublishFailed> {
+        let inner = &self.inner;
+        let key = format!("seen:{}", message.message_id);
+        let window = inner.dedupe_window;
+        let first = match inner.seen.put_if_absent(&key, "1", window).await {
+            Ok(first) => {
+                if let Some(local) = &inner.local_seen {
+                    // Known locally too, should the shared window go away.
+                    let _ = local.put(&key, "1", window).await;
+                }
+                first
+            }
+            Err(error) => {
+                tracing::warn!(%error, "shared dedupe window unavailable; deduplicating locally and marking the event as a possible duplicate");
+                inner.metrics.dedupe_fallbacks.inc();
+                message.possible_duplicate = true;
+                match &inner.local_seen {
+                    Some(local) => local.put_if_absent(&key, "1", window).await.unwrap_or(true),
+                    None => true,
+                }
+            }
+        };
+        if !first {
             return Ok(Delivery::Duplicate);
         }
-        let message_id = entry.key().clone();
-        let result = self.publish(message).await;
+        let result = self.publish_waiting(message, confirm_wait).await;
         if result.is_err() {
             // Not accepted: let the provider's retry through.
-            self.inner.recently_accepted.invalidate(&message_id);
+            for store in std::iter::once(&inner.seen).chain(inner.local_seen.as_ref()) {
+                if let Err(error) = store.remove(&key).await {
+                    tracing::warn!(%error, "dedupe mark of a refused event not removed");
+                }
+            }
         }
         result
     }
@@ -110,11 +213,52 @@ impl EventPublisher {
     ///
     /// While the outbox holds anything, new messages queue behind it so order is kept.
     pub async fn publish(&self, message: BusMessage) -> Result<Delivery, PublishFailed> {
+        self.publish_waiting(message, self.inner.confirm_timeout)
+            .await
+    }
+
+    /// [`Self::publish`], waiting at most `confirm_wait` for the broker (none: outbox at once).
+    /// The publish is a span of the current trace, and the message carries that span as its
+    /// `traceparent` (unless it already names one), so its consumers continue the trace.
+    async fn publish_waiting(
+        &self,
+        mut message: BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<Delivery, PublishFailed> {
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            otel.name = %format!("publish {}", message.topic),
+            messaging.destination.name = %message.topic,
+            messaging.message.id = %message.message_id,
+            delivery = tracing::field::Empty,
+        );
+        async move {
+            if message.trace_parent.is_none() {
+                message.trace_parent = current_traceparent();
+            }
+            let result = self.publish_or_store(message, confirm_wait).await;
+            if let Ok(delivery) = &result {
+                tracing::Span::current().record("delivery", delivery.as_str());
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn publish_or_store(
+        &self,
+        message: BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<Delivery, PublishFailed> {
         let inner = &self.inner;
         let publish_error = if inner.outbox.depth() > 0 {
             PublishError::NotConnected
+        } else if confirm_wait.is_zero() {
+            PublishError::ConfirmTimeout(confirm_wait)
         } else {
-            match self.publish_now(&message).await {
+            match self.publish_now(&message, confirm_wait).await {
                 Ok(()) => return Ok(Delivery::Published),
                 Err(error) => error,
             }
@@ -137,16 +281,30 @@ impl EventPublisher {
     }
 
     /// One confirmed publish attempt, measured.
-    async fn publish_now(&self, message: &BusMessage) -> Result<(), PublishError> {
+    async fn publish_now(
+        &self,
+        message: &BusMessage,
+        confirm_wait: Duration,
+    ) -> Result<(), PublishError> {
         let inner = &self.inner;
         let timer = inner.metrics.bus_confirm_duration.start_timer();
-        let result = inner.bus.publish(message, inner.confirm_timeout).await;
-        let outcome = if result.is_ok() {
-            timer.observe_duration();
-            "confirmed"
-        } else {
-            timer.stop_and_discard();
-            "failed"
+        let result = inner.bus.publish(message, confirm_wait).await;
+        let outcome = match &result {
+            Ok(()) => {
+                timer.observe_duration();
+                inner.confirms.lock().expect("poisoned").last_confirmed = Some(Instant::now());
+                "confirmed"
+            }
+            Err(PublishError::ConfirmTimeout(_)) => {
+                timer.stop_and_discard();
+                inner.confirms.lock().expect("poisoned").last_timed_out = Some(Instant::now());
+                inner.metrics.bus_confirm_timeouts.inc();
+                "timed_out"
+            }
+            Err(_) => {
+                timer.stop_and_discard();
+                "failed"
+            }
         };
         inner
             .metrics
@@ -204,7 +362,7 @@ impl EventPublisher {
                     return Err(());
                 }
             };
-            if let Err(error) = self.publish_now(&message).await {
+            if let Err(error) = self.publish_now(&message, inner.confirm_timeout).await {
                 tracing::warn!(%error, depth = inner.outbox.depth(), "outbox drain paused");
                 return Err(());
             }

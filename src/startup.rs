@@ -12,23 +12,31 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa_swagger_ui::SwaggerUi;
 
+use actix_web::middleware::from_fn;
+
 use crate::{
     app_state::AppState,
     auth::BearerAuth,
     bus::Bus,
+    client_limit::{limit_per_client, ClientLimiter},
     configuration::Settings,
     connectors::{registry, Connector, ConnectorContext},
-    egress::{self, sink::EgressSink},
+    egress::{self, engine::EngineConfig, ledger::SendLedger, sink::EgressSink, EgressSetup},
     error::{json_config, ApiError},
     metrics::Metrics,
     openapi,
     outbox::Outbox,
     publisher::EventPublisher,
     routes,
+    state::{file::FileStore, memory::MemoryStore, redis::RedisStore, RateSlots, StateStore},
+    telemetry::request_span::RequestSpan,
 };
 
 /// Builds a connector that is not in the registry (see [`Application::build_with_connectors`]).
 pub type ConnectorFactory = Box<dyn FnOnce(&ConnectorContext) -> Arc<dyn Connector> + Send>;
+
+/// How often expired entries of the state store are deleted.
+const STATE_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long in-flight work may take to finish after a stop signal (Cloud Run allows 10 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -74,15 +82,43 @@ impl Application {
             tracing::info!(depth = outbox.depth(), dir = %outbox.dir().display(), "outbox holds events from a previous run");
         }
         let bus = Bus::from_settings(&settings.bus);
-        let publisher = EventPublisher::new(
+        // With REDIS_URL every instance shares dedupe, ledger, opt-outs, joins and send rates.
+        let redis = match &settings.redis {
+            Some(redis) => Some(
+                RedisStore::connect(redis, &metrics)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("configuration error: REDIS_URL: {e}"))?,
+            ),
+            None => None,
+        };
+        let local_dedupe = || Arc::new(MemoryStore::bounded(settings.dedupe_capacity));
+        let seen: Arc<dyn StateStore> = match &redis {
+            Some(redis) => Arc::new(redis.clone()),
+            None => local_dedupe(),
+        };
+        let mut publisher = EventPublisher::new(
             bus.clone(),
             outbox,
+            seen,
             settings.dedupe_ttl,
             settings.bus.confirm_timeout,
             metrics.clone(),
         );
-
         let mut tasks = Vec::new();
+        let state: Arc<dyn StateStore> = match &redis {
+            Some(redis) => {
+                publisher = publisher.with_local_dedupe(local_dedupe());
+                tasks.push(tokio::spawn(redis.clone().watch(shutdown.clone())));
+                Arc::new(redis.clone())
+            }
+            None => {
+                let files = FileStore::open(settings.outbox_dir.join("state"))
+                    .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
+                tasks.push(tokio::spawn(sweep_state(files.clone(), shutdown.clone())));
+                Arc::new(files)
+            }
+        };
+        let ledger = SendLedger::new(state.clone());
         tasks.push(tokio::spawn(
             publisher.clone().drain_outbox(shutdown.clone()),
         ));
@@ -92,6 +128,8 @@ impl Application {
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             operator_auth: BearerAuth::operator(&settings),
+            state,
+            ledger: ledger.clone(),
             shutdown: shutdown.clone(),
         };
         let mut connectors = registry::build(&context)?;
@@ -103,11 +141,21 @@ impl Application {
         } else {
             // Egress: bus → platforms, stopped by `shutdown` (see `crate::egress`).
             let (consuming, egress_task) = egress::start(
-                sinks,
+                EgressSetup {
+                    sinks,
+                    config: EngineConfig {
+                        max_parts: settings.egress_max_parts,
+                        rate_slots: redis
+                            .clone()
+                            .map(|redis| Arc::new(redis) as Arc<dyn RateSlots>),
+                        ..EngineConfig::default()
+                    },
+                    publisher: publisher.clone(),
+                    ledger,
+                    metrics: metrics.clone(),
+                },
                 &bus,
                 &settings.bus,
-                publisher.clone(),
-                metrics.clone(),
                 shutdown.clone(),
             );
             tasks.push(egress_task);
@@ -123,12 +171,20 @@ impl Application {
             connectors: connectors.clone(),
             egress_consuming,
             debug_auth: BearerAuth::debug(&settings),
+            redis,
         });
 
+        let limiter = web::Data::new(ClientLimiter::new(
+            settings.max_requests_per_client,
+            settings.trust_forwarded_headers,
+            state.metrics.clone(),
+        ));
         let routed = connectors.clone();
         let server = HttpServer::new(move || {
             let mut app = App::new()
-                .wrap(tracing_actix_web::TracingLogger::default())
+                .wrap(from_fn(limit_per_client))
+                .wrap(tracing_actix_web::TracingLogger::<RequestSpan>::new())
+                .app_data(limiter.clone())
                 .app_data(state.clone())
                 .app_data(json_config())
                 .route("/healthz", web::get().to(routes::health::healthz))
@@ -143,6 +199,7 @@ impl Application {
                     routes::debug::SNAPSHOT_ROUTE,
                     web::get().to(routes::debug::connector_snapshot),
                 )
+                .configure(routes::event_contract::configure)
                 .service(
                     SwaggerUi::new("/swagger-ui/{_:.*}")
                         .url("/api-docs/openapi.json", api_doc.clone()),
@@ -155,6 +212,10 @@ impl Application {
                 HttpResponse::from_error(ApiError::NotFound)
             }))
         })
+        // A request head must arrive within 5 s (the body has its own deadline,
+        // BODY_READ_TIMEOUT_MS, in the routes that read one).
+        .client_request_timeout(Duration::from_secs(5))
+        .client_disconnect_timeout(Duration::from_secs(2))
         .listen(listener)?
         .shutdown_timeout(SHUTDOWN_GRACE.as_secs())
         .run();
@@ -215,5 +276,20 @@ impl Application {
         self.bus.close().await;
         tracing::info!("stopped");
         result
+    }
+}
+
+/// Deletes expired state entries now and then, so the directory does not grow without bound.
+async fn sweep_state(state: FileStore, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(STATE_SWEEP_INTERVAL);
+    every.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let removed = state.sweep().await;
+                tracing::debug!(removed, "expired state entries deleted");
+            }
+        }
     }
 }

@@ -57,6 +57,8 @@ pub struct Received {
     /// The message's `message_id`, when it has one.
     pub message_id: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
+    /// The W3C `traceparent` it was published with, when it carries one.
+    pub trace_parent: Option<String>,
     /// The broker delivered it before (to us or another consumer) without an ack.
     pub redelivered: bool,
     pub handle: DeliveryHandle,
@@ -85,6 +87,10 @@ pub struct SubscriptionSpec {
     pub prefetch: u16,
     /// Names this consumer in the broker's management views.
     pub consumer_tag: String,
+    /// Declared with `x-single-active-consumer`: of every instance's consumer the broker
+    /// feeds one, and the next one when it goes. Stopping then returns what was not taken
+    /// without cancelling first, so the next consumer starts with it, in order.
+    pub single_active_consumer: bool,
 }
 
 /// Where a subscription reports its state: up while consuming, and the queue's depth.
@@ -92,4 +98,9 @@ pub struct SubscriptionSpec {
 pub struct SubscriptionProbe {
     pub consuming: ReadyFlag,
     pub queue_depth: IntGauge,
+    /// Set to 1 once deliveries arrive (this consumer is the active one), 0 when it stops.
+    pub active: Option<IntGauge>,
+    /// How many consumers the queue has (every instance's, active or waiting), sampled with
+    /// the depth.
+    pub consumers: Option<IntGauge>,
 }

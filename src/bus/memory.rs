@@ -97,6 +97,7 @@ impl MemorySubscription {
                         body: message.body.into_bytes(),
                         message_id: Some(message.message_id),
                         timestamp: Some(message.timestamp),
+                        trace_parent: message.trace_parent,
                         redelivered: false,
                         handle: DeliveryHandle::new(MemorySettle),
                     })

@@ -8,6 +8,7 @@
 
 pub mod environment;
 pub mod parse;
+pub mod telemetry;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -18,6 +19,8 @@ use url::Url;
 pub use environment::Environment;
 use parse::{non_empty, parse_base_url, parse_or};
 pub use parse::{redact_url, scrub_url_password, ConfigError};
+use telemetry::RawTelemetry;
+pub use telemetry::{LogFormat, TelemetrySettings};
 
 /// Every core variable the service reads, as the environment spells it (envy lower-cases
 /// names). Connectors list their own.
@@ -39,11 +42,23 @@ pub struct RawSettings {
     outbox_dir: Option<String>,
     publish_confirm_timeout_ms: Option<String>,
     dedupe_ttl_seconds: Option<String>,
+    dedupe_capacity: Option<String>,
+    egress_max_parts: Option<String>,
+    trust_forwarded_headers: Option<String>,
+    body_read_timeout_ms: Option<String>,
+    max_requests_per_client: Option<String>,
     max_body_bytes: Option<String>,
     log_format: Option<String>,
     log_level: Option<String>,
     debug_token: Option<String>,
     operator_token: Option<String>,
+    otel_exporter_otlp_endpoint: Option<String>,
+    otel_exporter_otlp_protocol: Option<String>,
+    otel_service_name: Option<String>,
+    google_cloud_project: Option<String>,
+    redis_url: Option<String>,
+    redis_key_prefix: Option<String>,
+    egress_partitions: Option<String>,
 }
 
 impl std::fmt::Debug for RawSettings {
@@ -67,29 +82,36 @@ pub enum QueueType {
     Classic,
 }
 
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line, with Cloud Logging's `severity` field.
-    Json,
-    /// Human-readable, coloured when on a terminal.
-    Pretty,
-}
-
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub app_env: AppEnv,
     pub port: u16,
     /// The exact scheme + host (+ optional port) providers call; used to rebuild signed URLs.
+    /// Required in production.
     pub public_base_url: Option<Url>,
     pub bus: BusSettings,
     pub outbox_dir: PathBuf,
+    /// How long a message id, once accepted, is not published again (provider retries and
+    /// replays of captured requests).
     pub dedupe_ttl: Duration,
+    /// How many accepted message ids are remembered in memory at most.
+    pub dedupe_capacity: u64,
+    /// The most messages one egress event may become once its text is split.
+    pub egress_max_parts: usize,
+    /// `Forwarded` / `X-Forwarded-*` are set by a proxy we trust (and so may rebuild the
+    /// signed URL without `PUBLIC_BASE_URL`, and name the client); otherwise they are ignored.
+    pub trust_forwarded_headers: bool,
+    /// How long a request body may take to arrive (a slow sender holds a connection no longer).
+    pub body_read_timeout: Duration,
+    /// Requests one client may have in progress at once.
+    pub max_requests_per_client: usize,
     pub max_body_bytes: usize,
-    pub log_format: LogFormat,
-    pub log_level: String,
+    /// Logs and traces.
+    pub telemetry: TelemetrySettings,
     pub debug_token: Option<SecretString>,
     pub operator_token: Option<SecretString>,
+    /// Shared state for several instances; `None` keeps it in this process (and its files).
+    pub redis: Option<RedisSettings>,
     /// Every variable the service started with; connectors read their settings from it.
     pub environment: Environment,
 }
@@ -106,7 +128,21 @@ pub struct BusSettings {
     pub instance_id: String,
     /// How long a webhook waits for the broker's confirm before it falls back to the outbox.
     pub confirm_timeout: Duration,
+    /// How many partition queues egress is spread over (1: the egress queue is consumed as is).
+    pub egress_partitions: u16,
 }
+
+/// The Redis that several instances share (`REDIS_URL`, `REDIS_KEY_PREFIX`).
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// Holds the password (`redis://:password@host`): a secret.
+    pub url: SecretString,
+    /// Prepended to every key, so deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+/// Most partitions `EGRESS_PARTITIONS` may ask for (each is a queue and a consumer per instance).
+pub const MAX_EGRESS_PARTITIONS: u16 = 64;
 
 impl Settings {
     /// Reads and validates the process environment.
@@ -125,6 +161,7 @@ impl Settings {
     }
 
     pub fn from_environment(environment: Environment) -> Result<Self, ConfigError> {
+        environment.require_utf8::<RawSettings>("")?;
         let raw: RawSettings = envy::from_iter(environment.pairs())
             .map_err(|e| ConfigError::new("environment", format!("unreadable: {e}")))?;
         let app_env = match non_empty(raw.app_env).as_deref() {
@@ -197,40 +234,58 @@ impl Settings {
                 raw.publish_confirm_timeout_ms,
                 2000u64,
             )?),
+            egress_partitions: parse_or("EGRESS_PARTITIONS", raw.egress_partitions, 1u16)?,
         };
         if bus.prefetch == 0 {
             return Err(ConfigError::new("AMQP_PREFETCH", "must be at least 1"));
         }
-
-        let log_format = match non_empty(raw.log_format).as_deref() {
-            Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            None => {
-                use std::io::IsTerminal;
-                if std::io::stdout().is_terminal() {
-                    LogFormat::Pretty
-                } else {
-                    LogFormat::Json
-                }
-            }
-            Some(other) => {
-                return Err(ConfigError::new(
-                    "LOG_FORMAT",
-                    format!("expected json or pretty, got {other:?}"),
-                ))
-            }
-        };
-        let log_level = non_empty(raw.log_level).unwrap_or_else(|| "info".to_owned());
-        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        if !(1..=MAX_EGRESS_PARTITIONS).contains(&bus.egress_partitions) {
             return Err(ConfigError::new(
-                "LOG_LEVEL",
-                format!("not a valid level or filter: {log_level:?}"),
+                "EGRESS_PARTITIONS",
+                format!("must be between 1 and {MAX_EGRESS_PARTITIONS}"),
             ));
         }
+        let redis = non_empty(raw.redis_url)
+            .map(|url| {
+                // Parsed without echoing the value: it holds a password.
+                let parsed = Url::parse(&url)
+                    .map_err(|e| ConfigError::new("REDIS_URL", format!("not a valid URL ({e})")))?;
+                if !matches!(parsed.scheme(), "redis" | "rediss" | "redis+unix" | "unix") {
+                    return Err(ConfigError::new(
+                        "REDIS_URL",
+                        "scheme must be redis://, rediss:// or redis+unix://",
+                    ));
+                }
+                Ok(RedisSettings {
+                    url: SecretString::from(url),
+                    key_prefix: raw
+                        .redis_key_prefix
+                        .clone()
+                        .unwrap_or_else(|| "ingress-egress:".to_owned()),
+                })
+            })
+            .transpose()?;
+
+        let telemetry = TelemetrySettings::from_raw(RawTelemetry {
+            log_format: raw.log_format,
+            log_level: raw.log_level,
+            otel_exporter_otlp_endpoint: raw.otel_exporter_otlp_endpoint,
+            otel_exporter_otlp_protocol: raw.otel_exporter_otlp_protocol,
+            otel_service_name: raw.otel_service_name,
+            google_cloud_project: raw.google_cloud_project,
+        })?;
 
         let public_base_url = non_empty(raw.public_base_url)
             .map(|value| parse_base_url("PUBLIC_BASE_URL", &value))
             .transpose()?;
+        if public_base_url.is_none() && production {
+            // Without it the signed URL is rebuilt from the request's Host and Forwarded
+            // headers, which the caller chooses.
+            return Err(ConfigError::new(
+                "PUBLIC_BASE_URL",
+                "required when APP_ENV=production (signed webhook URLs are rebuilt from it, not from client-supplied headers)",
+            ));
+        }
 
         Ok(Settings {
             app_env,
@@ -243,13 +298,41 @@ impl Settings {
             dedupe_ttl: Duration::from_secs(parse_or(
                 "DEDUPE_TTL_SECONDS",
                 raw.dedupe_ttl_seconds,
-                300u64,
+                24 * 3600u64,
             )?),
+            dedupe_capacity: parse_or("DEDUPE_CAPACITY", raw.dedupe_capacity, 200_000u64)?,
+            trust_forwarded_headers: parse::parse_bool(
+                "TRUST_FORWARDED_HEADERS",
+                non_empty(raw.trust_forwarded_headers).as_deref(),
+                false,
+            )?,
+            body_read_timeout: Duration::from_millis(parse_or(
+                "BODY_READ_TIMEOUT_MS",
+                raw.body_read_timeout_ms,
+                10_000u64,
+            )?),
+            max_requests_per_client: match parse_or(
+                "MAX_REQUESTS_PER_CLIENT",
+                raw.max_requests_per_client,
+                128usize,
+            )? {
+                0 => {
+                    return Err(ConfigError::new(
+                        "MAX_REQUESTS_PER_CLIENT",
+                        "must be at least 1",
+                    ))
+                }
+                limit => limit,
+            },
+            egress_max_parts: match parse_or("EGRESS_MAX_PARTS", raw.egress_max_parts, 10usize)? {
+                0 => return Err(ConfigError::new("EGRESS_MAX_PARTS", "must be at least 1")),
+                parts => parts,
+            },
             max_body_bytes: parse_or("MAX_BODY_BYTES", raw.max_body_bytes, 64 * 1024usize)?,
-            log_format,
-            log_level,
+            telemetry,
             debug_token: non_empty(raw.debug_token).map(SecretString::from),
             operator_token: non_empty(raw.operator_token).map(SecretString::from),
+            redis,
             environment,
         })
     }
@@ -260,6 +343,13 @@ impl Settings {
             None => "embedded in-memory bus".to_owned(),
             Some(url) => redact_url(url.expose_secret()),
         }
+    }
+
+    /// The Redis URL with its password removed, or `None` without Redis.
+    pub fn redacted_redis_url(&self) -> Option<String> {
+        self.redis
+            .as_ref()
+            .map(|redis| redact_url(redis.url.expose_secret()))
     }
 
     pub fn is_production(&self) -> bool {
@@ -308,6 +398,22 @@ mod tests {
     }
 
     #[test]
+    fn production_requires_the_public_base_url() {
+        let broker = ("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+        let err = settings(&[("APP_ENV", "production"), broker]).unwrap_err();
+        assert_eq!(err.variable, "PUBLIC_BASE_URL");
+        assert!(!err.to_string().contains('\n'));
+        let s = settings(&[
+            ("APP_ENV", "production"),
+            broker,
+            ("PUBLIC_BASE_URL", "https://ingress.example.com"),
+        ])
+        .unwrap();
+        assert!(s.is_production());
+        assert!(settings(&[broker]).unwrap().public_base_url.is_none());
+    }
+
+    #[test]
     fn secrets_never_appear_in_debug_output_or_errors() {
         let s = settings(&[
             ("AMQP_URL", "amqp://user:amqp-password-42@broker:5672/%2f"),
@@ -331,6 +437,34 @@ mod tests {
         let err = settings(&[("AMQP_URL", "http://user:amqp-password-42@broker")]).unwrap_err();
         assert_eq!(err.variable, "AMQP_URL");
         assert!(!err.to_string().contains("amqp-password-42"));
+    }
+
+    #[test]
+    fn redis_and_partitions_are_optional_and_checked() {
+        let s = settings(&[]).unwrap();
+        assert!(s.redis.is_none());
+        assert_eq!(s.bus.egress_partitions, 1);
+        let s = settings(&[
+            (
+                "REDIS_URL",
+                "rediss://:redis-password-42@memorystore:6378/0",
+            ),
+            ("EGRESS_PARTITIONS", "8"),
+        ])
+        .unwrap();
+        assert_eq!(s.bus.egress_partitions, 8);
+        assert_eq!(s.redis.as_ref().unwrap().key_prefix, "ingress-egress:");
+        let shown = s.redacted_redis_url().unwrap();
+        assert!(shown.contains("memorystore:6378"), "{shown}");
+        assert!(!format!("{s:?} {shown}").contains("redis-password-42"));
+
+        let err = settings(&[("REDIS_URL", "http://:redis-password-42@x")]).unwrap_err();
+        assert_eq!(err.variable, "REDIS_URL");
+        assert!(!err.to_string().contains("redis-password-42"));
+        for bad in ["0", "65", "many"] {
+            let err = settings(&[("EGRESS_PARTITIONS", bad)]).unwrap_err();
+            assert_eq!(err.variable, "EGRESS_PARTITIONS");
+        }
     }
 
     #[test]

@@ -16,8 +16,12 @@ use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::{
-    auth::BearerAuth, configuration::Settings, egress::sink::EgressSink, metrics::Metrics,
+    auth::BearerAuth,
+    configuration::Settings,
+    egress::{ledger::SendLedger, sink::EgressSink},
+    metrics::Metrics,
     publisher::EventPublisher,
+    state::StateStore,
 };
 
 /// One platform, as the rest of the service sees it.
@@ -67,14 +71,17 @@ pub struct LinkReadiness {
 }
 
 /// What a connector is built from: the settings (its own are read from
-/// `settings.environment`), the shared publisher and metrics, the operator guard and the
-/// service's stop signal, which also stops whatever background work a connector starts while
-/// it is built.
+/// `settings.environment`), the shared publisher and metrics, the operator guard, the state
+/// store and the send ledger (which the connector's ingress may complete, e.g. from delivery
+/// callbacks), and the service's stop signal, which also stops whatever background work a
+/// connector starts while it is built.
 #[derive(Clone)]
 pub struct ConnectorContext {
     pub settings: Arc<Settings>,
     pub publisher: EventPublisher,
     pub metrics: Metrics,
     pub operator_auth: BearerAuth,
+    pub state: Arc<dyn StateStore>,
+    pub ledger: SendLedger,
     pub shutdown: CancellationToken,
 }

@@ -16,23 +16,36 @@ use std::{collections::HashMap, future::Future, sync::Arc, time::Duration};
 use chrono::Utc;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{
+    ledger::SendLedger,
     order::Sequencer,
     rate::RateLimiter,
     select::{self, Parsed, Rejection},
     sink::{EgressSink, SinkPolicy, TextInfo},
 };
 use crate::{
-    bus::delivery::Received, envelope::Media, metrics::Metrics, publisher::EventPublisher,
+    bus::delivery::Received,
+    envelope::Media,
+    metrics::Metrics,
+    publisher::EventPublisher,
+    state::RateSlots,
+    telemetry::trace_context::{continue_trace, remote_parent},
 };
 
-/// Backoff between attempts of one part (the attempt count is the sink's).
-#[derive(Clone, Debug)]
+/// Backoff between attempts of one part (the attempt count is the sink's), the most parts one
+/// event may become, and where send slots come from.
+#[derive(Clone)]
 pub struct EngineConfig {
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// `EGRESS_MAX_PARTS`: longer texts are dead-lettered (`too_long`) rather than sent as
+    /// dozens of billed messages.
+    pub max_parts: usize,
+    /// Send slots shared with other instances (Redis); `None` paces in this process only.
+    pub rate_slots: Option<Arc<dyn RateSlots>>,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +53,8 @@ impl Default for EngineConfig {
         Self {
             retry_base: Duration::from_millis(250),
             retry_max: Duration::from_secs(30),
+            max_parts: 10,
+            rate_slots: None,
         }
     }
 }
@@ -54,6 +69,29 @@ pub fn part_token(event_key: &str, index: usize, count: usize) -> String {
     .to_string()
 }
 
+/// The span of one consumed event: it continues the trace the event carries (its `traceparent`
+/// header, else its envelope's `traceId`), so the reply's sends and outcome events join the
+/// trace of the message it answers.
+fn consume_span(
+    received: &Received,
+    work: &Result<(Plan, impl Sized), (Parsed, Rejection)>,
+) -> tracing::Span {
+    let (correlation_id, trace_id) = match work {
+        Ok((plan, _)) => (Some(plan.correlation_id.to_string()), plan.trace_id.clone()),
+        Err((parsed, _)) => (parsed.field("/correlationId"), parsed.field("/traceId")),
+    };
+    let span = tracing::info_span!(
+        "egress.consume",
+        otel.kind = "consumer",
+        messaging.message.id = received.message_id.as_deref().unwrap_or_default(),
+        correlation_id = correlation_id.as_deref().unwrap_or_default(),
+    );
+    if let Some(parent) = remote_parent(received.trace_parent.as_deref(), trace_id.as_deref()) {
+        continue_trace(&span, parent);
+    }
+    span
+}
+
 /// A sink with its limits, as the engine drives it.
 pub(super) struct SinkRoute {
     pub(super) sink: Arc<dyn EgressSink>,
@@ -66,6 +104,8 @@ pub(super) struct Plan {
     pub(super) key: String,
     pub(super) route: Arc<SinkRoute>,
     pub(super) correlation_id: Uuid,
+    /// The envelope's `traceId`, the trace to continue when the delivery has no `traceparent`.
+    pub(super) trace_id: Option<String>,
     pub(super) target: String,
     pub(super) sender_key: String,
     pub(super) metadata: Map<String, Value>,
@@ -86,6 +126,7 @@ pub struct Engine {
     /// Connector names in registration order, for messages.
     connectors: Vec<&'static str>,
     pub(super) publisher: EventPublisher,
+    pub(super) ledger: SendLedger,
     pub(super) metrics: Metrics,
     pub(super) config: EngineConfig,
     sequencer: Arc<Sequencer>,
@@ -96,6 +137,7 @@ impl Engine {
     pub fn new(
         sinks: Vec<Arc<dyn EgressSink>>,
         publisher: EventPublisher,
+        ledger: SendLedger,
         metrics: Metrics,
         config: EngineConfig,
         shutdown: CancellationToken,
@@ -105,8 +147,12 @@ impl Engine {
             .into_iter()
             .map(|sink| {
                 let policy = sink.policy();
+                let limiter = RateLimiter::new(policy.max_send_rate, policy.burst);
                 let route = SinkRoute {
-                    limiter: RateLimiter::new(policy.max_send_rate, policy.burst),
+                    limiter: match &config.rate_slots {
+                        Some(slots) => limiter.shared(slots.clone(), sink.connector()),
+                        None => limiter,
+                    },
                     policy,
                     sink,
                 };
@@ -117,6 +163,7 @@ impl Engine {
             routes,
             connectors,
             publisher,
+            ledger,
             metrics,
             config,
             sequencer: Sequencer::new(),
@@ -142,12 +189,14 @@ impl Engine {
             let turn = self.sequencer.enqueue(&plan.target);
             (plan, turn)
         });
+        let span = consume_span(&received, &work);
         async move {
             match work {
                 Ok((plan, turn)) => engine.deliver(received, plan, turn).await,
                 Err((parsed, rejection)) => engine.reject(received, parsed, rejection).await,
             }
         }
+        .instrument(span)
     }
 
     fn plan(&self, received: &Received) -> Result<Plan, (Parsed, Rejection)> {
@@ -169,17 +218,39 @@ impl Engine {
             .map(|text| sink.split_text(&selection.target, text))
             .unwrap_or_default();
         let mut media_chunks = selection.media.chunks(max_media).map(<[Media]>::to_vec);
+        let mut first_media = media_chunks.next();
         let mut parts: Vec<(Option<String>, Vec<Media>)> = Vec::new();
         for (index, text) in texts.into_iter().enumerate() {
-            let media = if index == 0 {
-                media_chunks.next().unwrap_or_default()
+            // The first part carries the first media, unless together they are too long for
+            // one message; then the media follow in a part of their own.
+            let fits = first_media
+                .as_ref()
+                .is_some_and(|media| sink.fits(&selection.target, Some(&text), media));
+            let media = if index == 0 && fits {
+                first_media.take().unwrap_or_default()
             } else {
                 Vec::new()
             };
             parts.push((Some(text), media));
         }
-        parts.extend(media_chunks.map(|media| (None, media)));
+        parts.extend(
+            first_media
+                .into_iter()
+                .chain(media_chunks)
+                .map(|media| (None, media)),
+        );
 
+        if parts.len() > self.config.max_parts {
+            let rejection = Rejection {
+                reason: "too_long",
+                detail: format!(
+                    "the event would be sent as {} messages; at most {} (EGRESS_MAX_PARTS) are allowed",
+                    parts.len(),
+                    self.config.max_parts
+                ),
+            };
+            return Err((parsed, rejection));
+        }
         let key = received.key();
         let count = parts.len();
         let parts = parts
@@ -199,6 +270,7 @@ impl Engine {
             key,
             route,
             correlation_id,
+            trace_id: event.trace_id.clone(),
             target: selection.target,
             sender_key,
             metadata,

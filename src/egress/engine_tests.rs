@@ -17,7 +17,11 @@ use futures_util::future::BoxFuture;
 
 use super::{
     engine::{part_token, Engine, EngineConfig},
-    sink::{Accepted, EgressSink, InvalidTarget, Outbound, SendFailure, SinkPolicy, TextInfo},
+    ledger::SendLedger,
+    sink::{
+        Accepted, EgressSink, InvalidTarget, Outbound, Resolution, SendFailure, SinkPolicy,
+        TextInfo,
+    },
 };
 use crate::{
     bus::{
@@ -28,6 +32,7 @@ use crate::{
     metrics::Metrics,
     outbox::Outbox,
     publisher::EventPublisher,
+    state::memory::MemoryStore,
 };
 
 #[derive(Clone, Debug)]
@@ -42,6 +47,8 @@ struct ScriptedSink {
     policy: SinkPolicy,
     script: Mutex<HashMap<String, VecDeque<Result<(), SendFailure>>>>,
     log: Mutex<Vec<Sent>>,
+    resolutions: Mutex<HashMap<String, VecDeque<Resolution>>>,
+    resolve_calls: Mutex<usize>,
 }
 
 impl ScriptedSink {
@@ -55,11 +62,23 @@ impl ScriptedSink {
     fn log(&self) -> Vec<Sent> {
         self.log.lock().unwrap().clone()
     }
+
+    fn resolutions(&self, target: &str, answers: Vec<Resolution>) {
+        self.resolutions
+            .lock()
+            .unwrap()
+            .insert(target.to_owned(), answers.into());
+    }
+
+    fn resolve_calls(&self) -> usize {
+        *self.resolve_calls.lock().unwrap()
+    }
 }
 
 fn retryable(retry_after: Option<Duration>) -> SendFailure {
     SendFailure {
         retryable: true,
+        ambiguous: false,
         opted_out: false,
         retry_after,
         http_status: Some(429),
@@ -117,6 +136,22 @@ impl EgressSink for ScriptedSink {
     fn send<'a>(&'a self, part: Outbound<'a>) -> BoxFuture<'a, Result<Accepted, SendFailure>> {
         Box::pin(self.send_now(part))
     }
+
+    fn resolve<'a>(
+        &'a self,
+        part: Outbound<'a>,
+        _since: chrono::DateTime<chrono::Utc>,
+    ) -> BoxFuture<'a, Result<Resolution, SendFailure>> {
+        *self.resolve_calls.lock().unwrap() += 1;
+        let answer = self
+            .resolutions
+            .lock()
+            .unwrap()
+            .get_mut(part.target)
+            .and_then(VecDeque::pop_front)
+            .unwrap_or(Resolution::NotFound);
+        Box::pin(async move { Ok(answer) })
+    }
 }
 
 impl ScriptedSink {
@@ -142,6 +177,7 @@ impl ScriptedSink {
 
 struct Harness {
     engine: Arc<Engine>,
+    ledger: SendLedger,
     sink: Arc<ScriptedSink>,
     bus: MemoryBus,
     metrics: Metrics,
@@ -166,6 +202,7 @@ fn harness(limits: Limits) -> Harness {
     let publisher = EventPublisher::new(
         Bus::Memory(bus.clone()),
         Outbox::open(dir.path()).unwrap(),
+        Arc::new(MemoryStore::default()),
         Duration::from_secs(60),
         Duration::from_secs(1),
         metrics.clone(),
@@ -178,20 +215,27 @@ fn harness(limits: Limits) -> Harness {
         },
         script: Mutex::default(),
         log: Mutex::default(),
+        resolutions: Mutex::default(),
+        resolve_calls: Mutex::default(),
     });
     let shutdown = CancellationToken::new();
+    let ledger = SendLedger::new(Arc::new(MemoryStore::default()));
     let engine = Engine::new(
         vec![sink.clone() as Arc<dyn EgressSink>],
         publisher,
+        ledger.clone(),
         metrics.clone(),
         EngineConfig {
             retry_base: limits.retry_base,
             retry_max: limits.retry_max,
+            max_parts: 5,
+            ..EngineConfig::default()
         },
         shutdown.clone(),
     );
     Harness {
         engine,
+        ledger,
         sink,
         bus,
         metrics,
@@ -210,7 +254,7 @@ fn config() -> Limits {
     }
 }
 
-fn incoming(target: &str, text: &str) -> Received {
+pub(super) fn incoming(target: &str, text: &str) -> Received {
     let event = json!({
         "v": "2",
         "correlationId": uuid::Uuid::new_v4().to_string(),
@@ -225,6 +269,7 @@ fn incoming(target: &str, text: &str) -> Received {
         body: serde_json::to_vec(&event).unwrap(),
         message_id: Some(format!("test:{}", uuid::Uuid::new_v4())),
         timestamp: None,
+        trace_parent: None,
         redelivered: false,
         handle: DeliveryHandle::new(MemorySettle),
     }
@@ -371,7 +416,7 @@ async fn shutdown_requeues_instead_of_retrying_or_starting_new_sends() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_redelivered_event_gets_the_same_tokens() {
+async fn a_redelivered_event_whose_parts_were_sent_is_not_sent_again() {
     let h = harness(config());
     let text = "Sentence number one is here. ".repeat(80);
     let first = incoming("+1555000001", &text);
@@ -379,18 +424,108 @@ async fn a_redelivered_event_gets_the_same_tokens() {
         body: first.body.clone(),
         message_id: first.message_id.clone(),
         timestamp: None,
+        trace_parent: None,
         redelivered: true,
         handle: DeliveryHandle::new(MemorySettle),
     };
     h.engine.accept(first).await;
+    let parts = h.sink.log().len();
+    assert!(parts >= 2, "the text was split");
+    let tokens: std::collections::BTreeSet<_> = h.sink.log().into_iter().map(|s| s.token).collect();
+    assert_eq!(tokens.len(), parts, "each part has its own token");
+
     h.engine.accept(again).await;
-    let log = h.sink.log();
-    let half = log.len() / 2;
-    assert!(half >= 2, "the text was split");
-    let tokens = |sends: &[Sent]| sends.iter().map(|s| s.token.clone()).collect::<Vec<_>>();
-    assert_eq!(tokens(&log[..half]), tokens(&log[half..]));
-    let distinct: std::collections::BTreeSet<_> = tokens(&log[..half]).into_iter().collect();
-    assert_eq!(distinct.len(), half, "each part has its own token");
+    assert_eq!(h.sink.log().len(), parts, "nothing sent again");
+    let statuses = published(&h.bus, "internal.egress.status.v1");
+    assert_eq!(statuses.len(), 2);
+    assert_eq!(statuses[1]["status"], "sent");
+    for detail in statuses[1]["partDetails"].as_array().unwrap() {
+        assert_eq!(detail["resolvedBy"], "ledger");
+        assert!(detail["providerSid"].is_string());
+    }
+}
+
+fn ambiguous() -> SendFailure {
+    SendFailure {
+        ambiguous: true,
+        http_status: Some(500),
+        error_code: Some(20500),
+        ..retryable(None)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_ambiguous_attempt_the_part_is_looked_for_before_it_is_sent_again() {
+    let h = harness(config());
+    // Created but the answer was lost: the lookup finds it, nothing is sent twice.
+    h.sink.script("+1555000001", vec![Err(ambiguous())]);
+    h.sink.resolutions(
+        "+1555000001",
+        vec![Resolution::Found {
+            provider_sid: "SMfound".into(),
+            how: "listing",
+        }],
+    );
+    h.engine.accept(incoming("+1555000001", "once")).await;
+    assert_eq!(h.sink.log().len(), 1);
+    assert_eq!(h.sink.resolve_calls(), 1);
+    let status = &published(&h.bus, "internal.egress.status.v1")[0];
+    assert_eq!(status["status"], "sent");
+    assert_eq!(status["providerSid"], "SMfound");
+    assert_eq!(status["partDetails"][0]["resolvedBy"], "listing");
+
+    // Not created: the lookup says so and the part is sent again, once.
+    h.sink.script("+1555000002", vec![Err(ambiguous()), Ok(())]);
+    h.sink
+        .resolutions("+1555000002", vec![Resolution::NotFound]);
+    h.engine.accept(incoming("+1555000002", "twice")).await;
+    let to_second: Vec<_> = h
+        .sink
+        .log()
+        .into_iter()
+        .filter(|s| s.target == "+1555000002")
+        .collect();
+    assert_eq!(to_second.len(), 2);
+    assert_eq!(to_second[0].token, to_second[1].token);
+    assert_eq!(
+        published(&h.bus, "internal.egress.status.v1")[1]["status"],
+        "sent"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_attempt_is_not_looked_for() {
+    let h = harness(config());
+    h.sink
+        .script("+1555000001", vec![Err(retryable(None)), Ok(())]);
+    h.engine.accept(incoming("+1555000001", "hi")).await;
+    assert_eq!(h.sink.log().len(), 2);
+    assert_eq!(h.sink.resolve_calls(), 0, "a 429 created nothing");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_between_send_and_record_is_resolved_on_redelivery() {
+    let h = harness(config());
+    let event = incoming("+1555000001", "after the crash");
+    let key = event.key();
+    // What a crash right after the send leaves: the intent, no answer.
+    h.ledger
+        .pending(&part_token(&key, 0, 1), chrono::Utc::now())
+        .await
+        .unwrap();
+    h.sink.resolutions(
+        "+1555000001",
+        vec![Resolution::Found {
+            provider_sid: "SMbefore".into(),
+            how: "attributes",
+        }],
+    );
+    h.engine.accept(event).await;
+    assert!(h.sink.log().is_empty(), "not sent again");
+    assert_eq!(
+        published(&h.bus, "internal.egress.status.v1")[0]["providerSid"],
+        "SMbefore"
+    );
 }
 
 #[test]
@@ -399,6 +534,7 @@ fn without_a_message_id_the_body_identifies_the_event() {
         body: body.to_vec(),
         message_id: id.map(str::to_owned),
         timestamp: None,
+        trace_parent: None,
         redelivered: false,
         handle: DeliveryHandle::new(MemorySettle),
     };
@@ -407,4 +543,20 @@ fn without_a_message_id_the_body_identifies_the_event() {
     assert_eq!(event(b"a", Some("m1")).key(), event(b"b", Some("m1")).key());
     assert_eq!(event(b"a", Some(" ")).key(), event(b"a", None).key());
     assert_ne!(part_token("mid:m1", 0, 2), part_token("mid:m1", 1, 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_text_longer_than_the_part_limit_is_dead_lettered_without_sending() {
+    let h = harness(config());
+    // Six parts of whole sentences (the harness allows five).
+    let text = "Sentence number one is here. ".repeat(55 * 6);
+    h.engine.accept(incoming("+1555000001", &text)).await;
+    assert!(h.sink.log().is_empty(), "nothing billed");
+    let dead = published(&h.bus, "internal.deadletter.v1");
+    assert_eq!(dead[0]["reason"], "too_long");
+    let detail = dead[0]["detail"].as_str().unwrap();
+    assert!(detail.contains("at most 5"), "{detail}");
+    let status = published(&h.bus, "internal.egress.status.v1");
+    assert_eq!(status[0]["status"], "dead_lettered");
+    assert_eq!(status[0]["reason"], "too_long");
 }

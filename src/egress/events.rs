@@ -57,6 +57,10 @@ pub struct PartReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider_sid: Option<String>,
     pub attempts: u32,
+    /// How an earlier attempt's outcome was learnt instead of sending again: `ledger` (recorded
+    /// before), or the sink's way of looking (`attributes`, `status_callback`, `listing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_by: Option<String>,
 }
 
 /// Body of an `egress.status.v1` event on `internal.egress.status.v1`: the outcome of one

@@ -20,7 +20,7 @@ use crate::bus::delivery::Received;
 
 /// Pause before requeueing an event whose outcome could not be recorded, so a broken outbox
 /// does not turn into a hot loop.
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+pub(super) const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The `connector` label of events no sink claimed.
 const UNROUTED: &str = "none";
@@ -101,17 +101,9 @@ impl Engine {
 
     /// The event cannot be acted on (unreadable, no sink for it, nothing to send, bad target).
     pub(super) async fn reject(&self, received: Received, parsed: Parsed, rejection: Rejection) {
-        let field = |pointer: &str| {
-            parsed
-                .json
-                .as_ref()
-                .and_then(|json| json.pointer(pointer))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
-        let correlation_id = field("/correlationId");
+        let correlation_id = parsed.field("/correlationId");
         let connector = self
-            .route(field("/egress/connector").as_deref())
+            .route(parsed.field("/egress/connector").as_deref())
             .map_or(UNROUTED, |route| route.sink.connector());
         tracing::warn!(
             correlation_id = correlation_id.as_deref().unwrap_or("-"),

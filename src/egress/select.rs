@@ -47,6 +47,17 @@ pub struct Parsed {
     pub event: Option<Box<InternalEventV2>>,
 }
 
+impl Parsed {
+    /// A string at `pointer` (e.g. `/correlationId`) of the JSON, however malformed the rest.
+    pub fn field(&self, pointer: &str) -> Option<String> {
+        self.json
+            .as_ref()
+            .and_then(|json| json.pointer(pointer))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    }
+}
+
 /// Parses an egress event and checks it is addressed to one of the `connectors` that have a
 /// sink.
 pub fn parse(body: &[u8], connectors: &[&str]) -> (Parsed, Result<(), Rejection>) {
@@ -150,12 +161,7 @@ pub fn select(
         ));
     }
 
-    let target = if event.egress.kind == "dm" {
-        non_blank(Some(&event.identity.external.id))
-    } else {
-        non_blank(event.egress.channel.as_deref())
-            .or_else(|| non_blank(Some(&event.ingress.channel)))
-    }
+    let target = recipient(event)
     .ok_or_else(|| Rejection::new("invalid_target", "no recipient: egress.channel, ingress.channel (or identity.external.id for dm) are empty"))?;
     check_target(&target).map_err(|problem| Rejection::new("invalid_target", problem.0))?;
 
@@ -165,6 +171,25 @@ pub fn select(
         media,
         candidate_id,
     })
+}
+
+/// Whom the event is for: `egress.channel`, else `ingress.channel`; `identity.external.id`
+/// for a `dm`.
+fn recipient(event: &InternalEventV2) -> Option<String> {
+    if event.egress.kind == "dm" {
+        non_blank(Some(&event.identity.external.id))
+    } else {
+        non_blank(event.egress.channel.as_deref())
+            .or_else(|| non_blank(Some(&event.ingress.channel)))
+    }
+}
+
+/// The recipient of an egress event as raw bytes, before it is consumed: what egress
+/// partitions are chosen by (every event for one recipient lands in one partition). `None`
+/// when the event cannot be read; its consumer dead-letters it wherever it lands.
+pub fn partition_key(body: &[u8]) -> Option<String> {
+    let event: InternalEventV2 = serde_json::from_slice(body).ok()?;
+    recipient(&event)
 }
 
 /// The `selected` candidate; else the best `proposed` one: lowest priority, then highest

@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -44,6 +45,9 @@ pub struct Accepted {
 pub struct SendFailure {
     /// Worth another attempt (rate limited, server error, network).
     pub retryable: bool,
+    /// The platform may have created the part anyway (a timeout or a server error after the
+    /// request left): before another attempt, [`EgressSink::resolve`] looks for it.
+    pub ambiguous: bool,
     /// The recipient has opted out: terminal, reported as `opted_out`.
     pub opted_out: bool,
     /// The platform asked us to wait at least this long.
@@ -55,6 +59,19 @@ pub struct SendFailure {
     pub reason: &'static str,
     /// Human-readable detail; never a secret or message content.
     pub message: String,
+}
+
+/// What the platform says about earlier attempts of a part whose outcome is unknown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// One of them created it.
+    Found {
+        provider_sid: String,
+        /// How it was found (`attributes`, `status_callback`, `listing`, …), for the status event.
+        how: &'static str,
+    },
+    /// None did: sending again is safe.
+    NotFound,
 }
 
 /// A recipient address the sink cannot send to; the text goes into the dead letter.
@@ -116,9 +133,28 @@ pub trait EgressSink: Send + Sync + 'static {
     /// How many media items one part may carry (extra media go into further parts).
     fn max_media_per_part(&self, target: &str) -> usize;
 
+    /// Whether `text` and `media` fit in one message to `target` (some platforms count media
+    /// against the text's limit); when not, the media go in a part of their own.
+    fn fits(&self, target: &str, text: Option<&str>, media: &[Media]) -> bool {
+        let _ = (target, text, media);
+        true
+    }
+
     /// The sender whose throughput the rate limiter protects for this recipient.
     fn sender_key(&self, target: &str, egress_metadata: &Map<String, Value>) -> String;
 
     /// Sends one part, once. The engine handles retries, ordering and rate limiting.
     fn send<'a>(&'a self, part: Outbound<'a>) -> BoxFuture<'a, Result<Accepted, SendFailure>>;
+
+    /// Looks for `part` as created by an attempt made at or after `since` whose answer was
+    /// lost (see [`SendFailure::ambiguous`]). A sink that cannot look says `NotFound`, which
+    /// makes the engine send again (at least once instead of at most once).
+    fn resolve<'a>(
+        &'a self,
+        part: Outbound<'a>,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Resolution, SendFailure>> {
+        let _ = (part, since);
+        Box::pin(async { Ok(Resolution::NotFound) })
+    }
 }

@@ -33,10 +33,14 @@ pub async fn connector_snapshot(
     let egress = state.egress_consuming.as_ref().map(|f| f.get());
     let degraded_reason = if !state.bus.is_ready() {
         Some("broker not connected")
+    } else if state.publisher.confirms_stalled() {
+        Some("broker connected but not confirming publishes (stalled); events go to the outbox")
     } else if egress == Some(false) {
         Some("egress consumer not consuming")
     } else if state.publisher.outbox().depth() > 0 {
         Some("events waiting in the outbox")
+    } else if state.redis.as_ref().is_some_and(|redis| !redis.is_up()) {
+        Some("shared state store (Redis) unreachable: egress paused, ingress deduplicating locally")
     } else {
         None
     };
@@ -53,8 +57,14 @@ pub async fn connector_snapshot(
             "egressQueue": state.settings.bus.egress_queue,
             "busPrefix": state.settings.bus.prefix,
         },
+        "brokerConfirmTimeouts": state.metrics.bus_confirm_timeouts.get(),
         "egressConsumer": egress,
         "egressQueueDepth": state.metrics.egress_queue_depth.get(),
+        "egressPartitions": egress_partitions(&state),
+        "stateStore": match &state.redis {
+            Some(redis) => json!({"kind": "redis", "redis": redis.status()}),
+            None => json!({"kind": "file", "dedupe": "memory"}),
+        },
     });
     // The connector's own view sits under its name.
     snapshot[connector.name()] = connector.snapshot();
@@ -70,6 +80,23 @@ pub async fn connector_snapshot(
     Ok(HttpResponse::Ok().json(snapshot))
 }
 
+/// How egress is partitioned and which partitions this instance actively consumes.
+fn egress_partitions(state: &AppState) -> serde_json::Value {
+    let count = state.settings.bus.egress_partitions;
+    let active: Vec<u16> = (0..count)
+        .filter(|index| {
+            count > 1
+                && state
+                    .metrics
+                    .egress_partition_active
+                    .with_label_values(&[&index.to_string()])
+                    .get()
+                    == 1
+        })
+        .collect();
+    json!({"count": count, "active": active})
+}
+
 /// The core's secret values (connectors add theirs), for [`scrub`].
 fn core_secret_values(settings: &crate::configuration::Settings) -> Vec<String> {
     let mut secrets: Vec<String> = [
@@ -80,7 +107,11 @@ fn core_secret_values(settings: &crate::configuration::Settings) -> Vec<String> 
     .flatten()
     .map(|s| s.expose_secret().to_owned())
     .collect();
-    if let Some(url) = &settings.bus.amqp_url {
+    let urls = [
+        settings.bus.amqp_url.as_ref(),
+        settings.redis.as_ref().map(|redis| &redis.url),
+    ];
+    for url in urls.into_iter().flatten() {
         if let Some(password) = url::Url::parse(url.expose_secret())
             .ok()
             .and_then(|u| u.password().map(str::to_owned))

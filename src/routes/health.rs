@@ -23,9 +23,19 @@ pub struct Readiness {
     /// Broker connection: `connected`, `connecting` or `embedded`.
     #[schema(example = "connected")]
     pub broker: String,
+    /// `ok`, or `timing_out` when the broker let a publish confirm time out recently and has
+    /// confirmed nothing since (connected but stalled: webhooks go to the outbox).
+    #[schema(example = "ok")]
+    pub broker_confirms: &'static str,
     /// Whether the egress consumer is consuming (absent when egress is not running).
     pub egress_consumer: Option<bool>,
     pub outbox_depth: usize,
+    /// The shared state store (`REDIS_URL`): `up` or `down`; absent without one. Not a
+    /// readiness condition: ingress goes on without it (deduplicating locally) and egress
+    /// pauses until it is back, so taking the instance out of service would only refuse
+    /// webhooks.
+    #[schema(example = "up")]
+    pub redis: Option<&'static str>,
     /// Each connector's own link (e.g. a platform WebSocket), when it holds one; the service
     /// is not ready while one is down. Absent when no connector holds a link.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -46,21 +56,21 @@ pub async fn livez() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok" })
 }
 
-/// Ready to take traffic: the broker connection is up and the egress consumer is consuming.
+/// Ready to take traffic: the broker connection is up and confirming publishes, and the egress
+/// consumer is consuming.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Broker or egress consumer down", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let broker_up = state.bus.is_ready();
+    let ready = state.is_ready();
+    let stalled = state.publisher.confirms_stalled();
     let egress_consumer = state.egress_consuming.as_ref().map(|flag| flag.get());
     let links: BTreeMap<String, LinkReadiness> = state
         .connectors
         .iter()
         .filter_map(|c| Some((c.name().to_owned(), c.readiness()?)))
         .collect();
-    let ready =
-        broker_up && egress_consumer.unwrap_or(true) && links.values().all(|link| link.ready);
     let broker = match state.bus.state() {
         crate::bus::BusState::Connected => "connected",
         crate::bus::BusState::Connecting { .. } => "connecting",
@@ -69,8 +79,13 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" },
         broker: broker.to_owned(),
+        broker_confirms: if stalled { "timing_out" } else { "ok" },
         egress_consumer,
         outbox_depth: state.publisher.outbox().depth(),
+        redis: state
+            .redis
+            .as_ref()
+            .map(|redis| if redis.is_up() { "up" } else { "down" }),
         connectors: (!links.is_empty()).then_some(links),
     };
     if ready {

@@ -15,6 +15,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     metrics
         .broker_connected
         .set(i64::from(state.bus.is_ready()));
+    metrics.ready.set(i64::from(state.is_ready()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())

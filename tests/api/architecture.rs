@@ -20,10 +20,11 @@ use crate::helpers::spawn_app;
 /// under `platformEnv`, `.env.example` need not.
 const PLATFORM_VARS: &[&str] = &["K_SERVICE", "K_REVISION", "HOSTNAME"];
 /// Read by tests or scripts only, never by the service.
-const TEST_ONLY_VARS: &[&str] = &["REQUIRE_AMQP", "UPDATE_OPENAPI"];
+const TEST_ONLY_VARS: &[&str] = &["REQUIRE_AMQP", "REQUIRE_REDIS", "UPDATE_OPENAPI"];
 /// Values that must come from Secret Manager, never from plain env.
 const SECRETS: &[&str] = &[
     "AMQP_URL",
+    "REDIS_URL",
     "TWILIO_AUTH_TOKEN",
     "TWILIO_SECONDARY_AUTH_TOKEN",
     "TWILIO_API_SECRET",
@@ -406,4 +407,79 @@ async fn every_documented_http_path_is_declared() {
             "the {probe} probe path {path} is declared"
         );
     }
+}
+
+/// `pattern` (a path, `dir/` for everything below it, or `*` within one file name) matches
+/// `path`, as `.dockerignore` and `COPY` read them for the files this test cares about.
+fn glob_matches(pattern: &str, path: &str) -> bool {
+    if let Some(dir) = pattern.strip_suffix('/') {
+        return path.starts_with(&format!("{dir}/"));
+    }
+    match pattern.split_once('*') {
+        Some((prefix, suffix)) => {
+            path.len() >= prefix.len() + suffix.len()
+                && path.starts_with(prefix)
+                && path.ends_with(suffix)
+                && !path[prefix.len()..path.len() - suffix.len()].contains('/')
+        }
+        None => pattern == path,
+    }
+}
+
+#[test]
+fn the_image_build_gets_every_file_the_code_compiles_in() {
+    let dockerignore = read(".dockerignore");
+    let admitted: Vec<&str> = dockerignore
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix('!'))
+        .collect();
+    let dockerfile = read("Dockerfile");
+    let copied: Vec<&str> = dockerfile
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("COPY "))
+        .filter(|args| !args.starts_with("--from"))
+        .flat_map(|args| {
+            let parts: Vec<&str> = args.split_whitespace().collect();
+            parts[..parts.len().saturating_sub(1)].to_vec()
+        })
+        .collect();
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut included = 0;
+    for file in files {
+        let source = std::fs::read_to_string(&file).unwrap();
+        let mut rest = source.as_str();
+        while let Some(at) = rest.find("include_str!(\"") {
+            rest = &rest[at + "include_str!(\"".len()..];
+            let literal = &rest[..rest.find('"').expect("literal ends")];
+            let path = file.parent().unwrap().join(literal);
+            let path = path
+                .canonicalize()
+                .unwrap_or_else(|e| panic!("{literal}: {e}"));
+            let relative = path
+                .strip_prefix(root().canonicalize().unwrap())
+                .expect("inside the repository")
+                .to_string_lossy()
+                .into_owned();
+            assert!(
+                admitted.iter().any(|p| glob_matches(p, &relative)),
+                ".dockerignore keeps {relative} out of the image build"
+            );
+            assert!(
+                copied.iter().any(|p| glob_matches(p, &relative)),
+                "the Dockerfile does not COPY {relative}"
+            );
+            included += 1;
+        }
+    }
+    assert!(included >= 5, "the contract files are compiled in");
+    assert!(glob_matches(
+        "openapi/*.schema.json",
+        "openapi/a.schema.json"
+    ));
+    assert!(!glob_matches(
+        "openapi/*.schema.json",
+        "openapi/x/a.schema.json"
+    ));
+    assert!(glob_matches("src/", "src/main.rs"));
 }

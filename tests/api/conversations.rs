@@ -261,6 +261,87 @@ async fn other_event_types_are_acknowledged_counted_and_not_published() {
 }
 
 #[tokio::test]
+async fn pre_event_webhooks_get_an_empty_200_and_are_not_used() {
+    let amqp = require_broker!();
+    let (fake, app) = app_with_fake(&amqp).await;
+    let mut tap = app.tap("#").await;
+    for (name, event_type) in [
+        ("conv_on_message_add_pre_event", "onMessageAdd"),
+        ("conv_on_conversation_add_pre_event", "onConversationAdd"),
+    ] {
+        let f = fixture(name);
+        assert_eq!(param(&f, "EventType"), event_type);
+        let response = app.post_fixture(&f).await;
+        assert_eq!(response.status(), 200, "{name}");
+        // Pre-event webhooks read JSON or nothing: no TwiML, no content type.
+        assert!(
+            response.headers().get("content-type").is_none(),
+            "{name}: {:?}",
+            response.headers()
+        );
+        assert_eq!(response.text().await.unwrap(), "", "{name}");
+        assert_eq!(
+            metric(
+                &app,
+                "ingress_egress_ignored_events_total",
+                &[("event_type", event_type)]
+            )
+            .await,
+            1.0,
+            "{name}"
+        );
+    }
+    assert!(tap.next(QUIET).await.is_none(), "nothing is published");
+    // onConversationAdd is not onConversationAdded: the conversation does not exist yet, so
+    // the bot does not try to join it.
+    assert!(fake.requests().is_empty(), "{:?}", fake.requests());
+    assert_eq!(
+        metric(
+            &app,
+            "ingress_egress_webhook_requests_total",
+            &[("route", "conversations"), ("outcome", "ignored")]
+        )
+        .await,
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn a_conversations_webhook_configured_with_get_is_served_like_post() {
+    let amqp = require_broker!();
+    let app = spawn_app(Some(&amqp), &[("TWILIO_IDENTITY", BOT)]).await;
+    let mut tap = app.tap(topics::INGRESS).await;
+    let get = fixture("conv_on_message_added_get");
+    assert_eq!(get.method, "GET");
+    assert!(get.body.is_empty());
+
+    let response = app.post_fixture(&get).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("<Response/>"));
+    let (delivery, envelope) = tap.next_json().await;
+    assert_valid_envelope(&envelope);
+    let sid = param(&get, "MessageSid");
+    assert_eq!(
+        delivery.properties.message_id().as_ref().unwrap().as_str(),
+        format!("twilio:{sid}")
+    );
+    assert_eq!(envelope["message"]["text"], param(&get, "Body").as_str());
+    assert_eq!(
+        envelope["ingress"]["channel"],
+        param(&get, "ConversationSid").as_str()
+    );
+
+    // Signed over the query: a changed parameter breaks it.
+    let mut tampered = get.clone();
+    tampered.path_and_query = tampered
+        .path_and_query
+        .replace("Sent+by+GET", "Sent+by+GOT");
+    assert_ne!(tampered.path_and_query, get.path_and_query);
+    assert_eq!(app.post_fixture(&tampered).await.status(), 403);
+    assert!(tap.next(QUIET).await.is_none());
+}
+
+#[tokio::test]
 async fn on_delivery_updated_becomes_status_events() {
     let amqp = require_broker!();
     let app = spawn_app(Some(&amqp), &[("TWILIO_IDENTITY", BOT)]).await;
@@ -364,6 +445,7 @@ async fn app_with_fake(amqp: &str) -> (FakeTwilio, TestApp) {
         &[
             ("TWILIO_IDENTITY", BOT),
             ("TWILIO_CONVERSATIONS_BASE_URL", &fake.base_url),
+            ("TWILIO_API_BASE_URL", &fake.base_url),
         ],
     )
     .await;

@@ -107,6 +107,7 @@ async fn api_key_credentials_are_preferred_when_configured() {
     let wrong = rest(&fake, &[]);
     let error = wrong
         .create_conversation_message(&NewConversationMessage {
+            attributes: None,
             conversation_sid: CONVERSATION,
             author: Some("bot"),
             body: Some("hi"),

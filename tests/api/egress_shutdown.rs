@@ -13,11 +13,12 @@ use ingress_egress::{
         twilio::{config::TwilioSettings, TwilioConnector},
         Connector, ConnectorContext,
     },
-    egress,
+    egress::{self, engine::EngineConfig, ledger::SendLedger, EgressSetup},
     metrics::Metrics,
     outbox::Outbox,
     publisher::EventPublisher,
     readiness::ReadyFlag,
+    state::file::FileStore,
 };
 use lapin::{options::QueueDeclareOptions, types::FieldTable, Connection, ConnectionProperties};
 use tokio::task::JoinHandle;
@@ -50,27 +51,36 @@ impl Consumer {
         let publisher = EventPublisher::new(
             bus.clone(),
             Outbox::open(outbox.path()).unwrap(),
+            Arc::new(ingress_egress::state::memory::MemoryStore::default()),
             settings.dedupe_ttl,
             settings.bus.confirm_timeout,
             metrics.clone(),
         );
         let shutdown = CancellationToken::new();
+        let state = Arc::new(FileStore::open(outbox.path().join("state")).unwrap());
+        let ledger = SendLedger::new(state.clone());
         let context = ConnectorContext {
             settings: Arc::new(settings.clone()),
             publisher: publisher.clone(),
             metrics: metrics.clone(),
             operator_auth: BearerAuth::operator(&settings),
+            state,
+            ledger: ledger.clone(),
             shutdown: shutdown.clone(),
         };
         let twilio =
             TwilioSettings::from_environment(&settings.environment, settings.app_env).unwrap();
         let connector = TwilioConnector::new(&context, twilio).expect("connector builds");
         let (ready, task) = egress::start(
-            connector.egress_sink().into_iter().collect(),
+            EgressSetup {
+                sinks: connector.egress_sink().into_iter().collect(),
+                config: EngineConfig::default(),
+                publisher,
+                ledger,
+                metrics,
+            },
             &bus,
             &settings.bus,
-            publisher,
-            metrics,
             shutdown.clone(),
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);

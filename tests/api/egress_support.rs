@@ -36,6 +36,8 @@ pub fn twilio_vars(fake: &FakeTwilio) -> Vec<(String, String)> {
         ("TWILIO_MAX_SEND_RATE".into(), "1000".into()),
         ("TWILIO_MAX_SEND_ATTEMPTS".into(), "4".into()),
         ("TWILIO_REQUEST_TIMEOUT_MS".into(), "10000".into()),
+        // Tests that exercise the status-callback path set their own wait.
+        ("TWILIO_RESOLVE_WAIT_MS".into(), "300".into()),
         (
             "LOG_LEVEL".into(),
             "warn,ingress_egress::egress=info".into(),

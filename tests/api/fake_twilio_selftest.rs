@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fake_twilio::{response_problems, FakeTwilio, Reply, Route};
+use crate::fake_twilio::{response_problems, vendored_dir, FakeTwilio, Reply, Route};
 
 const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
 const TOKEN: &str = "auth-token-secret";
@@ -358,8 +358,9 @@ async fn fake_twilio_scripted_429_with_retry_after_then_success() {
 }
 
 #[tokio::test]
-async fn fake_twilio_idempotency_token_replays_the_same_resource() {
+async fn fake_twilio_idempotency_token_replays_the_same_resource_when_asked_to() {
     let fake = FakeTwilio::start(ACCOUNT, TOKEN).await;
+    fake.set_idempotency_emulation(true);
     let params = [
         ("To", "+15558675310"),
         ("From", "+15017122661"),
@@ -597,7 +598,6 @@ fn fake_twilio_response_problems_catches_misshapen_bodies() {
 #[tokio::test]
 async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
     let fake = FakeTwilio::start(ACCOUNT, TOKEN).await;
-    fake.set_idempotency_emulation(false);
     let url = messages_url(&fake);
     let params = [
         ("To", "+15558675310"),
@@ -647,10 +647,13 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
         .unwrap()
         .and_utc()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    // Queued messages have no date_sent yet: a DateSent filter does not list them.
+    let (status, page) = list(vec![("To", "+15558675310".into()), ("DateSent>", today)]).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["messages"], json!([]), "{page}");
     let (status, page) = list(vec![
         ("To", "+15558675310".into()),
         ("From", "+15017122661".into()),
-        ("DateSent>", today),
         ("PageSize", "20".into()),
     ])
     .await;
@@ -665,6 +668,10 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
     assert_eq!(messages.len(), 2, "{page}");
     assert_eq!(messages[0]["sid"], second["sid"], "newest first");
     assert!(messages.iter().all(|m| m["to"] == "+15558675310"));
+    assert!(
+        messages.iter().all(|m| m["date_sent"].is_null()),
+        "still queued"
+    );
 
     let tomorrow = (chrono::Utc::now() + chrono::TimeDelta::days(1))
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
@@ -680,5 +687,116 @@ async fn fake_twilio_realistic_mode_created_but_failed_and_list_messages() {
         .violations()
         .iter()
         .any(|v| v.contains("`Sender` is not defined for ListMessage")));
-    assert_eq!(fake.requests_to(Route::ListMessages).len(), 4);
+    assert_eq!(fake.requests_to(Route::ListMessages).len(), 5);
+}
+
+#[tokio::test]
+async fn fake_twilio_lists_seeded_media_spec_shaped() {
+    let fake = FakeTwilio::start(ACCOUNT, TOKEN).await;
+    let message = "MM0123456789abcdef0123456789abcdef";
+    let seeded = fake.seed_message_media(message, &["image/jpeg", "video/mp4"]);
+    let media_url = |message: &str| {
+        format!(
+            "{}/2010-04-01/Accounts/{ACCOUNT}/Messages/{message}/Media.json",
+            fake.base_url
+        )
+    };
+    let list = |url: String| async move {
+        let response = reqwest::Client::new()
+            .get(url)
+            .basic_auth(ACCOUNT, Some(TOKEN))
+            .query(&[("PageSize", "20")])
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<Value>().await.unwrap())
+    };
+
+    let (status, page) = list(media_url(message)).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(Route::ListMedia.success_status(), 200);
+    let problems = response_problems(Route::ListMedia, &page);
+    assert!(problems.is_empty(), "{problems:?}");
+    let listed = page["media_list"].as_array().unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0]["sid"], seeded[0]);
+    assert_eq!(listed[1]["content_type"], "video/mp4");
+    assert_eq!(listed[0]["parent_sid"], message);
+    assert_eq!(
+        listed[0]["uri"],
+        format!(
+            "/2010-04-01/Accounts/{ACCOUNT}/Messages/{message}/Media/{}.json",
+            seeded[0]
+        )
+    );
+
+    // A message without seeded media is unknown to the fake, as it would be to Twilio.
+    let (status, body) = list(media_url("SM0123456789abcdef0123456789abcdef")).await;
+    assert_eq!(status, 404);
+    assert_twilio_error_shape(&body, 404, 20404);
+    fake.assert_no_violations();
+
+    // A conversation message SID is not a Messaging SID: the path breaks the document.
+    let (status, _) = list(media_url("IM0123456789abcdef0123456789abcdef")).await;
+    assert_eq!(status, 400);
+    assert!(fake
+        .violations()
+        .iter()
+        .any(|v| v.contains("path parameter `MessageSid`")));
+
+    fake.enqueue(Route::ListMedia, Reply::status(503));
+    let (status, body) = list(media_url(message)).await;
+    assert_eq!(status, 503);
+    assert_twilio_error_shape(&body, 503, 20503);
+    assert_eq!(fake.requests_to(Route::ListMedia).len(), 4);
+}
+
+/// The vendored OpenAPI documents are the ones `vendor/twilio-oai/README.md` names: every file
+/// listed with its SHA-256 there is present with that sum, and nothing else is beside them.
+#[test]
+fn the_vendored_documents_match_their_recorded_checksums() {
+    use sha2::{Digest, Sha256};
+    let dir = vendored_dir();
+    let readme = std::fs::read_to_string(dir.join("README.md")).expect("vendor README");
+    let recorded: Vec<(&str, &str)> = readme
+        .lines()
+        .filter_map(|line| {
+            let (sum, file) = line.trim().split_once("  ")?;
+            (sum.len() == 64 && sum.chars().all(|c| c.is_ascii_hexdigit())).then_some((sum, file))
+        })
+        .collect();
+    let mut files: Vec<String> = recorded.iter().map(|(_, f)| f.to_string()).collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "LICENSE",
+            "twilio_api_v2010.json",
+            "twilio_conversations_v1.json"
+        ],
+        "the README records a sum for each vendored file"
+    );
+    for (sum, file) in recorded {
+        let bytes = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(
+            hex::encode(Sha256::digest(&bytes)),
+            sum,
+            "{file} differs from its recorded sum"
+        );
+    }
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    assert_eq!(
+        present,
+        [
+            "LICENSE",
+            "README.md",
+            "twilio_api_v2010.json",
+            "twilio_conversations_v1.json"
+        ]
+    );
 }

@@ -1,14 +1,18 @@
 //! Test harness: spawns the real application on a random port against a real RabbitMQ, taps
-//! the exchange with a private queue, and loads the signed Twilio fixtures.
+//! the exchange with a private queue, and loads the signed Twilio fixtures. Every app's spans
+//! are traced as the service traces them and can be read back through [`spans`].
 
-use std::{collections::BTreeMap, path::PathBuf, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::OnceLock, time::Duration};
 
 use ingress_egress::{
     configuration::Settings,
     startup::{Application, ConnectorFactory},
+    telemetry,
 };
 use lapin::{message::Delivery, Connection, ConnectionProperties};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
 use serde::Deserialize;
+use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -155,6 +159,26 @@ pub async fn spawn_app_not_ready(amqp_url: Option<&str>, overrides: &[(&str, &st
     spawn_app_with_connectors(amqp_url, overrides, Vec::new()).await
 }
 
+/// The spans every test app has finished, exported in process by OpenTelemetry's in-memory
+/// exporter through the service's own [`telemetry::span_layer`] (installed once, as the
+/// process's tracing subscriber, before the first app starts). Apps of concurrent tests share
+/// it: tell their spans apart by trace id.
+pub fn spans() -> &'static InMemorySpanExporter {
+    static EXPORTER: OnceLock<(InMemorySpanExporter, SdkTracerProvider)> = OnceLock::new();
+    let (exporter, _provider) = EXPORTER.get_or_init(|| {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        tracing_subscriber::registry()
+            .with(telemetry::span_layer(&provider))
+            .try_init()
+            .expect("no other tracing subscriber is installed in the tests");
+        (exporter, provider)
+    });
+    exporter
+}
+
 /// Spawns the application serving `extra` connectors beside the registered ones, without
 /// waiting for the broker.
 pub async fn spawn_app_with_connectors(
@@ -162,6 +186,7 @@ pub async fn spawn_app_with_connectors(
     overrides: &[(&str, &str)],
     extra: Vec<ConnectorFactory>,
 ) -> TestApp {
+    spans();
     let mut vars = base_vars(amqp_url);
     let outbox_guard = if overrides.iter().any(|(k, _)| *k == "OUTBOX_DIR") {
         None
@@ -246,16 +271,51 @@ impl TestApp {
             .expect("the OpenAPI document is JSON")
     }
 
-    /// Posts a fixture exactly as Twilio sent it.
+    /// Sends a fixture exactly as Twilio sent it: its method (POST, or GET for a webhook
+    /// configured with GET), path and query, headers and body.
     pub async fn post_fixture(&self, fixture: &Fixture) -> reqwest::Response {
+        let method =
+            reqwest::Method::from_bytes(fixture.method.as_bytes()).expect("an HTTP method");
+        let mut request = self
+            .client
+            .request(
+                method,
+                format!("{}{}", self.address, fixture.path_and_query),
+            )
+            .header("X-Twilio-Signature", &fixture.signature);
+        if !fixture.content_type.is_empty() {
+            request = request.header("Content-Type", &fixture.content_type);
+        }
+        if !fixture.body.is_empty() {
+            request = request.body(fixture.body.clone());
+        }
+        request.send().await.expect("request sent")
+    }
+
+    /// POSTs form `params` to `path_and_query`, signed with the fixtures' primary auth token
+    /// over `PUBLIC_BASE_URL + path_and_query`, exactly as Twilio signs a webhook.
+    pub async fn post_signed_form(
+        &self,
+        path_and_query: &str,
+        params: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let tokens = fixture_tokens();
+        let params: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let signature = ingress_egress::connectors::twilio::ingress::signature::compute_signature(
+            &tokens.primary_auth_token,
+            &format!("{}{path_and_query}", tokens.public_base_url),
+            &params,
+        );
         self.client
-            .post(format!("{}{}", self.address, fixture.path_and_query))
-            .header("Content-Type", &fixture.content_type)
-            .header("X-Twilio-Signature", &fixture.signature)
-            .body(fixture.body.clone())
+            .post(format!("{}{path_and_query}", self.address))
+            .header("X-Twilio-Signature", signature)
+            .form(&params)
             .send()
             .await
-            .expect("request sent")
+            .expect("webhook request")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
@@ -329,15 +389,35 @@ pub fn header(delivery: &Delivery, name: &str) -> Option<String> {
 #[serde(rename_all = "camelCase")]
 pub struct Fixture {
     pub name: String,
+    /// `POST`, or `GET` for a webhook configured with GET (its parameters are in the query).
+    pub method: String,
     pub signed_url: String,
     pub public_base_url: String,
     pub path_and_query: String,
     pub content_type: String,
     pub body: String,
+    /// Decoded form pairs: of the body, or of the query for a GET form webhook.
     pub params: Vec<(String, String)>,
     pub signature: String,
     pub signed_with: String,
     pub expect_valid: bool,
+}
+
+impl Fixture {
+    /// A webhook configured with GET whose parameters travel in the query string (signed as
+    /// part of the URL, with no body parameters).
+    pub fn is_get_form(&self) -> bool {
+        self.method == "GET" && self.content_type != "application/json"
+    }
+
+    /// The first value of the form parameter `name` (panics when the fixture has none).
+    pub fn param(&self, name: &str) -> String {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("fixture {} has no {name}", self.name))
+    }
 }
 
 #[derive(Deserialize, Clone, Debug)]

@@ -171,6 +171,21 @@ async fn the_operator_send_needs_a_token_when_one_is_set() {
     assert_error(send(&app, Some("nope"), &body).await, 401, "unauthorized").await;
     assert_eq!(send(&app, Some(OPERATOR_TOKEN), &body).await.status(), 202);
     assert_eq!(send(&app, Some(DEBUG_TOKEN), &body).await.status(), 202);
+
+    // Authorisation comes before parsing: a stranger learns nothing about the schema.
+    for bad in [json!({"to": 1}), json!({"unknown": true}), json!("text")] {
+        let message = assert_error(send(&app, None, &bad).await, 401, "unauthorized").await;
+        assert!(!message.contains("unknown field"), "{message}");
+    }
+    let form = app
+        .client
+        .post(format!("{}/v1/messages", app.address))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("to=x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(form, 401, "unauthorized").await;
 }
 
 #[tokio::test]
@@ -209,6 +224,8 @@ async fn without_tokens_it_is_open_in_development_and_disabled_in_production() {
     let body = json!({"to": "+15005550006", "text": "hi"});
     assert_error(send(&app, None, &body).await, 404, "not_found").await;
     assert_error(send(&app, Some("guess"), &body).await, 404, "not_found").await;
+    // Malformed requests too: the route does not exist, whatever is sent.
+    assert_error(send(&app, None, &json!({"to": 1})).await, 404, "not_found").await;
 }
 
 #[tokio::test]

@@ -2,82 +2,19 @@
 //! and published exactly once (by message_id), in order, when the broker comes back — also
 //! across a `kill -9` of the process.
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::BTreeSet, time::Duration};
 
 use ingress_egress::{connectors::twilio::ingress::signature::compute_signature, envelope::topics};
-use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::{
-    helpers::{fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
+    broker_proxy::BrokerProxy,
+    conversations::metric,
+    helpers::{fixture, fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
     require_broker,
 };
 
-/// A TCP proxy in front of RabbitMQ that the test can start and cut.
-struct BrokerProxy {
-    port: u16,
-    accept_loop: Option<JoinHandle<()>>,
-    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
-}
-
-impl BrokerProxy {
-    /// Reserves a port with nothing listening on it yet.
-    fn unstarted() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        Self {
-            port,
-            accept_loop: None,
-            connections: Arc::default(),
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    async fn start(&mut self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("proxy port free");
-        let connections = self.connections.clone();
-        self.accept_loop = Some(tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                let handle = tokio::spawn(async move {
-                    if let Ok(mut broker) = tokio::net::TcpStream::connect("127.0.0.1:5672").await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                    }
-                });
-                connections.lock().unwrap().push(handle);
-            }
-        }));
-    }
-
-    /// Stops listening and drops every proxied connection, as a broker crash would.
-    fn cut(&mut self) {
-        if let Some(accept_loop) = self.accept_loop.take() {
-            accept_loop.abort();
-        }
-        for connection in self.connections.lock().unwrap().drain(..) {
-            connection.abort();
-        }
-    }
-}
-
-impl Drop for BrokerProxy {
-    fn drop(&mut self) {
-        self.cut();
-    }
-}
-
 /// A signed inbound-SMS form for a fresh MessageSid.
-fn signed_sms(index: usize) -> (String, String, String) {
+pub(crate) fn signed_sms(index: usize) -> (String, String, String) {
     let tokens = fixture_tokens();
     let sid = format!("SM{:032x}", uuid::Uuid::new_v4().as_u128() ^ index as u128);
     let params = vec![
@@ -97,7 +34,12 @@ fn signed_sms(index: usize) -> (String, String, String) {
     )
 }
 
-async fn post_sms(client: &reqwest::Client, address: &str, body: &str, signature: &str) -> u16 {
+pub(crate) async fn post_sms(
+    client: &reqwest::Client,
+    address: &str,
+    body: &str,
+    signature: &str,
+) -> u16 {
     client
         .post(format!("{address}/webhooks/twilio/sms"))
         .header("Content-Type", "application/x-www-form-urlencoded")
@@ -305,4 +247,64 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     std::thread::spawn(move || crate::helpers::delete_broker_objects(&amqp, &exchange, &queue))
         .join()
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_broker_cannot_hold_an_event_streams_batch_past_twilios_timeout() {
+    let amqp = require_broker!();
+    let mut proxy = BrokerProxy::unstarted();
+    proxy.start().await;
+    // A confirm wait of an hour: only the webhook's own deadline (Twilio waits 5 s for Event
+    // Streams) can end it in time.
+    let app = spawn_app_not_ready(
+        Some(&proxy.url()),
+        &[("PUBLISH_CONFIRM_TIMEOUT_MS", "3600000")],
+    )
+    .await;
+    app.wait_ready(Duration::from_secs(15)).await;
+    let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
+    let batch = fixture("es_batch_mixed");
+    let expected: BTreeSet<String> = {
+        let events: Vec<serde_json::Value> = serde_json::from_str(&batch.body).unwrap();
+        [
+            events[0]["data"]["messageSid"].as_str().unwrap(),
+            events[1]["data"]["MessageSid"].as_str().unwrap(),
+        ]
+        .into_iter()
+        .map(|sid| format!("twilio:{sid}"))
+        .collect()
+    };
+
+    proxy.stall();
+    // Not a timing assertion: the guard only stops the test from hanging for the hour the
+    // confirm wait alone would take.
+    let response = tokio::time::timeout(Duration::from_secs(120), app.post_fixture(&batch))
+        .await
+        .expect("the batch is answered while the broker stalls");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        outbox_files(&app.outbox_dir),
+        2,
+        "both events wait in the outbox"
+    );
+    assert_eq!(
+        metric(
+            &app,
+            "ingress_egress_webhook_requests_total",
+            &[("route", "event_streams"), ("outcome", "outboxed")]
+        )
+        .await,
+        1.0
+    );
+
+    // The broker recovers: both arrive. The publishes that were waiting for their confirm may
+    // arrive as well, with the same message_id (at least once, duplicates marked).
+    proxy.resume();
+    let received = receive_ids(&mut tap, expected.len()).await;
+    assert_eq!(
+        received.iter().cloned().collect::<BTreeSet<_>>(),
+        expected,
+        "{received:?}"
+    );
+    assert!(received.len() <= 2 * expected.len(), "{received:?}");
 }

@@ -52,13 +52,7 @@ async fn a_signed_sms_is_published_as_an_internal_event_with_all_properties() {
 
     let (delivery, envelope) = tap.next_json().await;
     assert_valid_envelope(&envelope);
-    let param = |name: &str| {
-        sms.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap()
-    };
+    let param = |name: &str| sms.param(name);
     let sid = param("MessageSid");
     let from = param("From");
 
@@ -214,6 +208,76 @@ async fn mms_media_unicode_and_whatsapp_fixtures_are_carried_through() {
         .unwrap()
         .starts_with("whatsapp:+"));
     assert!(envelope["identity"]["external"]["displayName"].is_string());
+}
+
+#[tokio::test]
+async fn an_sms_webhook_configured_with_get_is_published_like_post() {
+    let amqp = require_broker!();
+    let app = spawn_app(Some(&amqp), &[]).await;
+    let mut tap = app.tap(topics::INGRESS).await;
+    for name in ["sms_get", "sms_get_configured_query"] {
+        let get = fixture(name);
+        assert_eq!(get.method, "GET");
+        let response = app.post_fixture(&get).await;
+        assert_eq!(response.status(), 200, "{name}");
+        assert!(response.text().await.unwrap().contains("<Response/>"));
+        let (delivery, envelope) = tap.next_json().await;
+        assert_valid_envelope(&envelope);
+        let param = |key: &str| get.params.iter().find(|(k, _)| k == key).unwrap().1.clone();
+        assert_eq!(
+            delivery.properties.message_id().as_ref().unwrap().as_str(),
+            format!("twilio:{}", param("MessageSid"))
+        );
+        assert_eq!(envelope["message"]["text"], param("Body").as_str());
+        assert_eq!(envelope["ingress"]["channel"], param("From").as_str());
+        assert_eq!(
+            envelope["egress"]["metadata"]["twilio"]["from"],
+            param("To").as_str()
+        );
+        for (key, value) in &get.params {
+            assert_eq!(
+                envelope["message"]["rawPlatformPayload"][key],
+                value.as_str(),
+                "{name}: raw field {key}"
+            );
+        }
+    }
+
+    let tampered = fixture("sms_get_tampered_query");
+    assert!(!tampered.expect_valid);
+    let response = app.post_fixture(&tampered).await;
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "bad_signature");
+    // The signature of a GET covers the query, not a body: sent as a POST form it fails.
+    let get = fixture("sms_get");
+    let as_post = app
+        .client
+        .post(format!("{}/webhooks/twilio/sms", app.address))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .header("X-Twilio-Signature", &get.signature)
+        .body(serde_urlencoded::to_string(&get.params).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_post.status(), 403);
+    assert!(tap.next(QUIET).await.is_none());
+}
+
+#[tokio::test]
+async fn a_service_behind_an_ipv6_literal_accepts_twilios_signatures() {
+    let amqp = require_broker!();
+    let host = fixture("sms_ipv6_host");
+    assert_eq!(host.public_base_url, "https://[2001:db8::10]");
+    let app = spawn_app(Some(&amqp), &[("PUBLIC_BASE_URL", &host.public_base_url)]).await;
+    let mut tap = app.tap(topics::INGRESS).await;
+    for name in ["sms_ipv6_host", "sms_ipv6_signed_with_port"] {
+        let response = app.post_fixture(&fixture(name)).await;
+        assert_eq!(response.status(), 200, "{name}");
+    }
+    assert_eq!(tap.collect_until_quiet(QUIET).await.len(), 2);
+    // A request Twilio signed for another host is still refused.
+    assert_eq!(app.post_fixture(&fixture("sms_basic")).await.status(), 403);
 }
 
 /// Every SMS-route fixture, posted to a service configured with that fixture's public URL:

@@ -1,6 +1,7 @@
 // Swagger UI in a real browser: loads /swagger-ui/ in headless Debian Chromium (driven by
 // playwright-core, which downloads no browser of its own), checks that the operations are
-// listed, runs "Try it out" → "Execute" on GET /healthz and expects 200 with "status": "ok".
+// listed and the description's link to the AsyncAPI document works, runs "Try it out" →
+// "Execute" on GET /healthz and expects 200 with "status": "ok".
 // Saves a screenshot to artifacts/swagger-ui.png (and artifacts/swagger-ui-failure.png when a
 // step fails). Exits non-zero on any failure.
 //
@@ -90,6 +91,17 @@ try {
     throw new Error(`unexpected API title ${JSON.stringify(title)}`);
   }
   console.log(`  title: ${title.replace(/\s+/g, " ")}`);
+
+  step("the description links the AsyncAPI document, and the link works");
+  const asyncapiLink = page.locator('.swagger-ui .info a[href$="/api-docs/asyncapi.yaml"]').first();
+  await asyncapiLink.waitFor();
+  const asyncapiUrl = new URL(await asyncapiLink.getAttribute("href"), page.url()).toString();
+  const asyncapi = await page.request.get(asyncapiUrl);
+  const asyncapiText = await asyncapi.text();
+  if (asyncapi.status() !== 200 || !/^asyncapi: 3\./m.test(asyncapiText)) {
+    throw new Error(`${asyncapiUrl} answered ${asyncapi.status()}: ${asyncapiText.slice(0, 80)}`);
+  }
+  console.log(`  ${asyncapiUrl}: ${asyncapi.headers()["content-type"]}, ${asyncapiText.length} bytes`);
 
   step("every expected operation is listed");
   await page.locator(".opblock").first().waitFor();

@@ -423,6 +423,9 @@ async fn a_socket_message_becomes_the_envelope_the_webhook_builds() {
             .as_object_mut()
             .unwrap()
             .remove("ingressAt");
+        // Each arrival is its own trace, socket message or webhook request.
+        assert!(envelope["traceId"].is_string(), "{envelope}");
+        envelope.as_object_mut().unwrap().remove("traceId");
         envelope
     };
     assert_eq!(
@@ -779,6 +782,11 @@ async fn a_reply_whose_answer_was_lost_is_found_not_posted_twice() {
     let (_, status) = status_tap.next_json().await;
     assert_eq!(status["status"], "sent", "{status}");
     assert_eq!(status["attempts"], 2, "{status}");
+    // Found through the socket by the part's key, not posted again.
+    assert_eq!(
+        status["partDetails"][0]["resolvedBy"], "attributes",
+        "{status}"
+    );
     let posted = the_bots_only_message(&emulator, &conversation).await;
     assert_eq!(status["providerSid"], posted["sid"]);
     let state = emulator.state().await;

@@ -5,8 +5,9 @@
 //! clone; no lock is held across the confirm wait), so many confirms are in flight at once on
 //! the one channel. Consumers ([`subscription`]) watch [`AmqpBus::links`] and open their own
 //! channel on each new connection; what they declare is in [`topology`]; [`tap`] watches what
-//! the service publishes.
+//! the service publishes; [`router`] spreads the shared egress queue over partition queues.
 
+pub mod router;
 pub mod subscription;
 pub mod tap;
 pub mod topology;
@@ -26,10 +27,13 @@ use secrecy::ExposeSecret;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::message::{routing_key, BusMessage, BusState, PublishError, APP_ID};
+use super::message::{
+    routing_key, BusMessage, BusState, PublishError, APP_ID, POSSIBLE_DUPLICATE_HEADER,
+};
 use crate::{
     backoff::Backoff,
     configuration::{scrub_url_password, BusSettings},
+    telemetry::trace_context::TRACEPARENT,
 };
 use topology::declare_exchange;
 
@@ -172,6 +176,15 @@ fn properties(message: &BusMessage) -> BasicProperties {
     header("cloudEvents:type", &message.kind);
     header("cloudEvents:time", &message.timestamp.to_rfc3339());
     header("cloudEvents:datacontenttype", "application/json");
+    if let Some(traceparent) = &message.trace_parent {
+        header(TRACEPARENT, traceparent);
+    }
+    if message.possible_duplicate {
+        headers.insert(
+            ShortString::from(POSSIBLE_DUPLICATE_HEADER),
+            AMQPValue::Boolean(true),
+        );
+    }
 
     BasicProperties::default()
         .with_content_type("application/json".into())

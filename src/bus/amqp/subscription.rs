@@ -21,8 +21,8 @@ use lapin::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicQosOptions, QueueDeclareOptions,
     },
-    types::{FieldTable, ShortString},
-    Acker, Channel,
+    types::{AMQPValue, FieldTable, ShortString},
+    Acker, BasicProperties, Channel,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -36,10 +36,12 @@ use crate::{
     bus::delivery::{
         DeliveryHandle, Received, Settle, SettleError, SubscriptionProbe, SubscriptionSpec,
     },
+    telemetry::trace_context::TRACEPARENT,
 };
 
-/// How often the queue's depth is sampled for the metric and the debug snapshot.
-const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the queue's depth (and consumer count) is sampled for the metric, the debug
+/// snapshot and the balancing of egress partitions.
+const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(2);
 
 pub struct AmqpSubscription {
     deliveries: mpsc::Receiver<Received>,
@@ -122,7 +124,7 @@ impl Consumer {
                     }
                 }
             };
-            let consumer = match channel
+            let mut consumer = match channel
                 .basic_consume(
                     self.spec.queue.as_str().into(),
                     ShortString::from(self.spec.consumer_tag.as_str()),
@@ -144,12 +146,20 @@ impl Consumer {
             backoff.reset();
             self.probe.consuming.set(true);
             tracing::info!(queue = %self.spec.queue, prefetch = self.spec.prefetch, "consuming");
-            let ended = self.consume(&channel, consumer, &mut links, &link).await;
+            let ended = self
+                .consume(&channel, &mut consumer, &mut links, &link)
+                .await;
             self.probe.consuming.set(false);
+            if let Some(active) = &self.probe.active {
+                active.set(0);
+            }
             match ended {
                 Ended::Stopped => {
                     self.close.cancelled().await;
                     let _ = channel.close(200, "shutdown".into()).await;
+                    // Dropped only now: dropping a consumer cancels it, and a cancelled single
+                    // active consumer lets the next one start before the channel returned ours.
+                    drop(consumer);
                     return;
                 }
                 Ended::LinkLost => {
@@ -179,7 +189,7 @@ impl Consumer {
     async fn consume(
         &self,
         channel: &Channel,
-        mut consumer: lapin::Consumer,
+        consumer: &mut lapin::Consumer,
         links: &mut watch::Receiver<Option<Arc<Link>>>,
         link: &Arc<Link>,
     ) -> Ended {
@@ -188,7 +198,12 @@ impl Consumer {
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => {
-                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    // With a single active consumer, cancelling would let the next consumer
+                    // start while what we hold is still ours; closing the channel (in `run`)
+                    // hands it over first.
+                    if !self.spec.single_active_consumer {
+                        let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    }
                     return Ended::Stopped;
                 }
                 changed = links.changed() => {
@@ -202,7 +217,12 @@ impl Consumer {
                     // A passive declare only reads the queue's counters.
                     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
                     match channel.queue_declare(consumer.queue(), passive, FieldTable::default()).await {
-                        Ok(queue) => self.probe.queue_depth.set(i64::from(queue.message_count())),
+                        Ok(queue) => {
+                            self.probe.queue_depth.set(i64::from(queue.message_count()));
+                            if let Some(consumers) = &self.probe.consumers {
+                                consumers.set(i64::from(queue.consumer_count()));
+                            }
+                        }
                         Err(error) => {
                             tracing::warn!(%error, queue = %self.spec.queue, "queue vanished");
                             return Ended::LinkLost;
@@ -211,12 +231,16 @@ impl Consumer {
                 }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
+                        if let Some(active) = &self.probe.active {
+                            active.set(1);
+                        }
                         let received = Received {
                             message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
                             timestamp: delivery
                                 .properties
                                 .timestamp()
                                 .and_then(|t| DateTime::from_timestamp(t as i64, 0)),
+                            trace_parent: header_text(&delivery.properties, TRACEPARENT),
                             redelivered: delivery.redelivered,
                             body: delivery.data,
                             handle: DeliveryHandle::new(AmqpSettle(delivery.acker)),
@@ -224,7 +248,9 @@ impl Consumer {
                         if self.sender.send(received).await.is_err() {
                             // The subscriber stopped listening; what it did not take returns
                             // to the queue when the channel closes.
-                            let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                            if !self.spec.single_active_consumer {
+                                let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                            }
                             return Ended::Stopped;
                         }
                     }
@@ -236,6 +262,15 @@ impl Consumer {
                 },
             }
         }
+    }
+}
+
+/// A text header of a delivery (AMQP tables hold strings as long or short strings).
+fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    match properties.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(text) => Some(text.to_string()),
+        AMQPValue::ShortString(text) => Some(text.to_string()),
+        _ => None,
     }
 }
 

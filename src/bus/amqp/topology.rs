@@ -66,7 +66,11 @@ pub async fn declare_queue(
                 durable: true,
                 ..QueueDeclareOptions::default()
             };
-            let mut quorum = FieldTable::default();
+            let mut classic = FieldTable::default();
+            if spec.single_active_consumer {
+                classic.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+            }
+            let mut quorum = classic.clone();
             quorum.insert(
                 "x-queue-type".into(),
                 AMQPValue::LongString("quorum".into()),
@@ -80,7 +84,7 @@ pub async fn declare_queue(
                 channel.queue_declare(queue.into(), durable, quorum).await
             } else {
                 channel
-                    .queue_declare(queue.into(), durable, FieldTable::default())
+                    .queue_declare(queue.into(), durable, classic.clone())
                     .await
             };
             if let Err(error) = declared {
@@ -92,7 +96,7 @@ pub async fn declare_queue(
                 tracing::info!(%error, queue, "quorum queue refused; using a classic queue");
                 channel = connection.create_channel().await?;
                 channel
-                    .queue_declare(queue.into(), durable, FieldTable::default())
+                    .queue_declare(queue.into(), durable, classic)
                     .await?;
             }
             for topic in &spec.topics {

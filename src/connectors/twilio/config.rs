@@ -18,6 +18,9 @@ use crate::configuration::{
 /// signed with it proves nothing: start-up says so loudly.
 pub const DEVELOPMENT_AUTH_TOKEN: &str = "dev-only-insecure-token-do-not-use-in-production";
 
+/// `TWILIO_EVENT_STREAMS_MAX_BODY_BYTES` when unset: 1 MiB.
+pub const DEFAULT_EVENT_STREAMS_MAX_BODY_BYTES: usize = 1024 * 1024;
+
 /// Every `TWILIO_*` variable the connector reads (without the prefix, lower case, as envy
 /// names them).
 #[derive(Deserialize, Default)]
@@ -35,9 +38,12 @@ pub struct RawTwilio {
     status_callback_url: Option<String>,
     api_base_url: Option<String>,
     conversations_base_url: Option<String>,
+    mcs_base_url: Option<String>,
+    resolve_wait_ms: Option<String>,
     max_send_rate: Option<String>,
     max_send_attempts: Option<String>,
     request_timeout_ms: Option<String>,
+    event_streams_max_body_bytes: Option<String>,
     transport: Option<String>,
     egress_transport: Option<String>,
     twilsock_url: Option<String>,
@@ -127,10 +133,18 @@ pub struct TwilioSettings {
     pub status_callback_url: Option<Url>,
     pub api_base_url: Url,
     pub conversations_base_url: Url,
+    /// The Media Content Service (media attached to conversation messages).
+    pub mcs_base_url: Url,
+    /// How long the egress sink waits for a status callback to tell what an ambiguous send
+    /// created, before it searches the recipient's messages.
+    pub resolve_wait: Duration,
     /// Messages per second per sender.
     pub max_send_rate: f64,
     pub max_send_attempts: u32,
     pub request_timeout: Duration,
+    /// Body cap of the Event Streams webhook: its batches outgrow the form webhooks' cap, and
+    /// a 4xx answer makes Twilio discard the whole batch.
+    pub event_streams_max_body_bytes: usize,
     pub transport: Transport,
     pub egress_transport: EgressTransport,
     pub socket: SocketSettings,
@@ -142,6 +156,7 @@ impl TwilioSettings {
         environment: &Environment,
         app_env: AppEnv,
     ) -> Result<Self, ConfigError> {
+        environment.require_utf8::<RawTwilio>("TWILIO_")?;
         let raw: RawTwilio = envy::prefixed("TWILIO_")
             .from_iter(environment.pairs())
             .map_err(|e| ConfigError::new("environment", format!("unreadable: {e}")))?;
@@ -264,6 +279,18 @@ impl TwilioSettings {
             ));
         }
 
+        let event_streams_max_body_bytes: usize = parse_or(
+            "TWILIO_EVENT_STREAMS_MAX_BODY_BYTES",
+            raw.event_streams_max_body_bytes,
+            DEFAULT_EVENT_STREAMS_MAX_BODY_BYTES,
+        )?;
+        if event_streams_max_body_bytes == 0 {
+            return Err(ConfigError::new(
+                "TWILIO_EVENT_STREAMS_MAX_BODY_BYTES",
+                "must be at least 1",
+            ));
+        }
+
         Ok(TwilioSettings {
             enabled,
             account_sid,
@@ -292,6 +319,17 @@ impl TwilioSettings {
                     .as_deref()
                     .unwrap_or("https://conversations.twilio.com"),
             )?,
+            mcs_base_url: parse_base_url(
+                "TWILIO_MCS_BASE_URL",
+                non_empty(raw.mcs_base_url)
+                    .as_deref()
+                    .unwrap_or("https://mcs.us1.twilio.com"),
+            )?,
+            resolve_wait: Duration::from_millis(parse_or(
+                "TWILIO_RESOLVE_WAIT_MS",
+                raw.resolve_wait_ms,
+                3_000u64,
+            )?),
             max_send_rate,
             max_send_attempts,
             request_timeout: Duration::from_millis(parse_or(
@@ -299,6 +337,7 @@ impl TwilioSettings {
                 raw.request_timeout_ms,
                 10_000u64,
             )?),
+            event_streams_max_body_bytes,
             transport,
             egress_transport,
             socket,
@@ -439,6 +478,7 @@ mod tests {
         assert!(s.using_development_token);
         assert_eq!(s.api_base_url.as_str(), "https://api.twilio.com/");
         assert_eq!(s.max_send_rate, 1.0);
+        assert_eq!(s.event_streams_max_body_bytes, 1024 * 1024);
     }
 
     #[test]
@@ -455,6 +495,10 @@ mod tests {
         assert_eq!(err.variable, "TWILIO_API_SECRET");
         let err = settings(&[("TWILIO_PHONE_NUMBER", "5550100")]).unwrap_err();
         assert_eq!(err.variable, "TWILIO_PHONE_NUMBER");
+        for bad in ["0", "a lot"] {
+            let err = settings(&[("TWILIO_EVENT_STREAMS_MAX_BODY_BYTES", bad)]).unwrap_err();
+            assert_eq!(err.variable, "TWILIO_EVENT_STREAMS_MAX_BODY_BYTES");
+        }
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! Streams) and REST sends out.
 //!
 //! - [`config`]: every `TWILIO_*` setting; [`address`]: phone, WhatsApp, Messenger and
-//!   Conversation addresses; [`shared`]: what both wings share.
+//!   Conversation addresses; [`shared`]: what both wings share; [`opt_out`]: recipients who
+//!   replied STOP.
 //! - [`ingress`]: the webhooks (a source); [`egress`]: the sink, text splitting, auto-join;
 //!   [`rest`]: Twilio's REST API; [`operator`]: `POST /v1/messages`; [`simulate`]: the CLI
 //!   that signs a sample webhook.
@@ -11,16 +12,18 @@
 
 pub mod address;
 pub mod config;
+pub mod console;
 pub mod egress;
 pub mod ingress;
 pub mod operator;
+pub mod opt_out;
 pub mod rest;
 pub(crate) mod shared;
 pub mod simulate;
 #[cfg(feature = "websocket")]
 pub mod websocket;
 
-use std::sync::Arc;
+use std::sync::{atomic::AtomicBool, Arc};
 
 use actix_web::web;
 use futures_util::future::BoxFuture;
@@ -38,6 +41,7 @@ use config::{TwilioSettings, DEVELOPMENT_AUTH_TOKEN};
 use egress::{auto_join::AutoJoiner, sink::TwilioSink};
 use ingress::{signature::SignatureValidator, webhook::WebhookVerifier, IngressContext};
 use operator::OperatorContext;
+use opt_out::OptOuts;
 use shared::{Twilio, CONNECTOR};
 
 /// The connector as registered: its shared state, ingress context and sink.
@@ -61,6 +65,13 @@ impl TwilioConnector {
         if !settings.enabled {
             return Ok(None);
         }
+        if context.settings.public_base_url.is_none() {
+            tracing::warn!(
+                "PUBLIC_BASE_URL is not set: webhook signatures are checked against the Host the \
+                 request names (and X-Forwarded-* only with TRUST_FORWARDED_HEADERS=true). For \
+                 local use only; set it to the URL Twilio calls."
+            );
+        }
         if settings.using_development_token {
             tracing::warn!(
                 token = DEVELOPMENT_AUTH_TOKEN,
@@ -81,15 +92,29 @@ impl TwilioConnector {
             ),
             public_base_url: context.settings.public_base_url.clone(),
             max_body_bytes: context.settings.max_body_bytes,
+            max_json_body_bytes: settings.event_streams_max_body_bytes,
+            body_read_timeout: context.settings.body_read_timeout,
+            trust_forwarded_headers: context.settings.trust_forwarded_headers,
+            warn_unconfigured_url: Arc::new(AtomicBool::new(true)),
         };
         let twilio = Twilio::new(settings, context.publisher.clone(), context.metrics.clone());
-        let auto_joiner = AutoJoiner::new(
+        let mut auto_joiner = AutoJoiner::new(
             twilio.settings().identity.clone(),
             twilio.rest().clone(),
             context.metrics.clone(),
-        )
-        .persisting_in(context.settings.outbox_dir.join("pending-joins"));
-        let ingress = IngressContext::new(twilio.clone(), verifier, auto_joiner);
+        );
+        if context.state.is_shared() {
+            auto_joiner = auto_joiner.sharing(context.state.clone());
+        }
+        let auto_joiner =
+            auto_joiner.persisting_in(context.settings.outbox_dir.join("pending-joins"));
+        let ingress = IngressContext::new(
+            twilio.clone(),
+            verifier,
+            auto_joiner,
+            context.ledger.clone(),
+            OptOuts::new(context.state.clone()),
+        );
         #[cfg(feature = "websocket")]
         let socket = if twilio.settings().transport.uses_socket() {
             Some(websocket::transport::SocketTransport::start(
@@ -100,7 +125,11 @@ impl TwilioConnector {
         } else {
             None
         };
-        let sink = TwilioSink::new(twilio.clone());
+        let sink = TwilioSink::new(
+            twilio.clone(),
+            context.ledger.clone(),
+            OptOuts::new(context.state.clone()),
+        );
         #[cfg(feature = "websocket")]
         let sink = sink.with_socket(socket.as_ref().and_then(|socket| socket.egress()));
         Ok(Self {
@@ -108,6 +137,7 @@ impl TwilioConnector {
             operator: OperatorContext {
                 auth: context.operator_auth.clone(),
                 publisher: context.publisher.clone(),
+                body_read_timeout: context.settings.body_read_timeout,
             },
             sink: Arc::new(sink),
             twilio,
@@ -217,6 +247,7 @@ impl Connector for TwilioConnector {
             "lastInboundAt": activity.last_inbound_at,
             "lastOutboundAt": activity.last_outbound_at,
             "lastError": activity.last_error.map(|(at, message)| json!({"at": at, "message": message})),
+            "consoleUrls": self.ingress.verifier().public_base_url.as_ref().map(console::console_urls),
             "config": {
                 "accountSid": settings.account_sid,
                 "sender": {

@@ -6,7 +6,7 @@
 //! Guarded by `Authorization: Bearer` with `DEBUG_TOKEN` or `OPERATOR_TOKEN`; with neither
 //! configured it is open in development and disabled (404) in production.
 
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -27,6 +27,7 @@ use crate::{
     },
     error::{ApiError, ErrorBody},
     publisher::EventPublisher,
+    telemetry::trace_context::current_trace_id,
 };
 
 /// What the operator route needs: its guard and the publisher.
@@ -34,6 +35,8 @@ use crate::{
 pub struct OperatorContext {
     pub auth: BearerAuth,
     pub publisher: EventPublisher,
+    /// How long the request body may take to arrive.
+    pub body_read_timeout: std::time::Duration,
 }
 
 #[derive(OpenApi)]
@@ -144,12 +147,24 @@ pub struct SendMessageAccepted {
 pub async fn send_message(
     req: HttpRequest,
     state: web::Data<OperatorContext>,
-    body: web::Json<SendMessageRequest>,
-) -> Result<HttpResponse, ApiError> {
+    payload: web::Payload,
+) -> Result<HttpResponse, actix_web::Error> {
+    // Authorise before reading anything: a stranger learns nothing from parse errors.
     state.auth.check(&req)?;
+    let read = web::Json::<SendMessageRequest>::from_request(&req, &mut payload.into_inner());
+    let request = tokio::time::timeout(state.body_read_timeout, read)
+        .await
+        .map_err(|_| ApiError::RequestTimeout(state.body_read_timeout))??
+        .into_inner();
+    Ok(accept(&req, &state, request).await?)
+}
 
-    let idempotency_key = idempotency_key(&req)?;
-    let request = body.into_inner();
+async fn accept(
+    req: &HttpRequest,
+    state: &OperatorContext,
+    request: SendMessageRequest,
+) -> Result<HttpResponse, ApiError> {
+    let idempotency_key = idempotency_key(req)?;
     let target = validate(&request)?;
     let (message_id, correlation_id) = match &idempotency_key {
         Some(key) => {
@@ -310,7 +325,7 @@ pub fn egress_event(
     InternalEventV2 {
         v: ENVELOPE_VERSION.to_owned(),
         correlation_id,
-        trace_id: None,
+        trace_id: current_trace_id(),
         event_type: CHAT_MESSAGE_V1.to_owned(),
         ingress: Ingress {
             ingress_at: now,

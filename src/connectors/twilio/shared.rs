@@ -15,6 +15,10 @@ pub const PLATFORM: &str = "twilio";
 /// `ingress.source`, also the CloudEvents `source` of what we publish.
 pub const INGRESS_SOURCE: &str = "ingress.twilio";
 
+/// `Attributes.origin` of every conversation message the connector posts; such messages are
+/// never republished.
+pub const OWN_ORIGIN: &str = "ingress-egress";
+
 /// Cheap to clone; every clone sees the same state.
 #[derive(Clone)]
 pub struct Twilio {

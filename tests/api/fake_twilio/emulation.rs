@@ -53,10 +53,16 @@ pub(super) struct Inner {
     pub(super) participants: HashMap<(String, String), String>,
     /// conversation as in the path → next message index.
     message_index: HashMap<String, i64>,
-    /// `I-Twilio-Idempotency-Token` replay switched off.
-    pub(super) no_idempotency: bool,
+    /// `I-Twilio-Idempotency-Token` replay switched on (Twilio has none: tests opt in).
+    pub(super) idempotency_replay: bool,
     /// Every Messages resource created, oldest first (what ListMessages lists).
     pub(super) messages: Vec<Value>,
+    /// Every conversation message created, oldest first (what ListConversationMessages lists).
+    pub(super) conversation_messages: Vec<Value>,
+    /// Media Content Service media: SID → content type.
+    pub(super) mcs_media: HashMap<String, String>,
+    /// Message SID → its Media resources (what ListMedia lists).
+    pub(super) media: HashMap<String, Vec<Value>>,
 }
 
 /// A status, extra headers and a JSON body: what the server sends back.
@@ -88,7 +94,7 @@ impl Answer {
     }
 }
 
-pub(super) fn twilio_error(status: u16, code: u32, message: &str) -> Value {
+pub(crate) fn twilio_error(status: u16, code: u32, message: &str) -> Value {
     json!({
         "code": code,
         "message": message,
@@ -105,12 +111,24 @@ pub(super) fn answer_for(
     req: &RecordedRequest,
     reply: Reply,
 ) -> Answer {
-    if route == Route::ListMessages {
+    let list = match route {
+        Route::ListMessages => Some(list_messages as fn(&State, &RecordedRequest) -> Value),
+        Route::ListConversationMessages => Some(list_conversation_messages as _),
+        _ => None,
+    };
+    if let Some(list) = list {
         return match reply {
-            Reply::Success => Answer::json(200, list_messages(state, req)),
+            Reply::Success => Answer::json(200, list(state, req)),
             Reply::Status { status, .. } if (200..300).contains(&status) => {
-                Answer::json(status, list_messages(state, req))
+                Answer::json(status, list(state, req))
             }
+            other => failure_answer(other),
+        };
+    }
+    if route == Route::ListMedia {
+        return match reply {
+            Reply::Success => list_media(state, req),
+            Reply::Status { status, .. } if (200..300).contains(&status) => list_media(state, req),
             other => failure_answer(other),
         };
     }
@@ -226,9 +244,9 @@ fn list_messages(state: &State, req: &RecordedRequest) -> Value {
         .filter(|m| req.query_param("To").is_none_or(|to| m["to"] == to))
         .filter(|m| req.query_param("From").is_none_or(|from| m["from"] == from))
         .filter(|m| {
+            // A queued message has no date_sent, so no DateSent filter lists it.
             let sent = m["date_sent"]
                 .as_str()
-                .or(m["date_created"].as_str())
                 .and_then(|d| chrono::DateTime::parse_from_rfc2822(d).ok());
             let Some(sent) = sent else {
                 return after.is_none() && before.is_none() && on.is_none();
@@ -240,9 +258,19 @@ fn list_messages(state: &State, req: &RecordedRequest) -> Value {
         .take(page_size)
         .cloned()
         .collect();
-    let uri = format!("/2010-04-01/Accounts/{account}/Messages.json?PageSize={page_size}&Page=0");
-    json!({
-        "end": messages.len().saturating_sub(1),
+    first_page(
+        &format!("/2010-04-01/Accounts/{account}/Messages.json"),
+        page_size,
+        "messages",
+        messages,
+    )
+}
+
+/// The only page of a v2010 list at `path`: Twilio's paging fields, the items under `key`.
+fn first_page(path: &str, page_size: usize, key: &str, items: Vec<Value>) -> Value {
+    let uri = format!("{path}?PageSize={page_size}&Page=0");
+    let mut page = json!({
+        "end": items.len().saturating_sub(1),
         "first_page_uri": uri,
         "next_page_uri": null,
         "page": 0,
@@ -250,7 +278,78 @@ fn list_messages(state: &State, req: &RecordedRequest) -> Value {
         "previous_page_uri": null,
         "start": 0,
         "uri": uri,
+    });
+    page[key] = Value::Array(items);
+    page
+}
+
+/// ListMedia: the media seeded for the path's message, one page of `PageSize` (default 50);
+/// 404 (error 20404) for a message nothing was seeded for or another account's path.
+fn list_media(state: &State, req: &RecordedRequest) -> Answer {
+    let inner = state.lock();
+    let path_param = |name: &str| req.path_params.get(name).cloned().unwrap_or_default();
+    let (account, message) = (path_param("AccountSid"), path_param("MessageSid"));
+    let Some(media) = inner
+        .media
+        .get(&message)
+        .filter(|_| account == state.account_sid)
+    else {
+        return Answer::json(
+            404,
+            twilio_error(404, 20404, "The requested resource was not found"),
+        );
+    };
+    let page_size: usize = req
+        .query_param("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50);
+    let items = media.iter().take(page_size).cloned().collect();
+    Answer::json(
+        200,
+        first_page(
+            &format!("/2010-04-01/Accounts/{account}/Messages/{message}/Media.json"),
+            page_size,
+            "media_list",
+            items,
+        ),
+    )
+}
+
+/// ListConversationMessage: the conversation's messages in `Order` (default `asc`), one page
+/// of `PageSize` (default 50).
+fn list_conversation_messages(state: &State, req: &RecordedRequest) -> Value {
+    let inner = state.lock();
+    let conversation = conversation_sid_for(
+        req.path_params
+            .get("ConversationSid")
+            .map_or("", String::as_str),
+    );
+    let page_size: usize = req
+        .query_param("PageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50);
+    let mut messages: Vec<Value> = inner
+        .conversation_messages
+        .iter()
+        .filter(|m| m["conversation_sid"] == conversation.as_str())
+        .cloned()
+        .collect();
+    if req.query_param("Order") == Some("desc") {
+        messages.reverse();
+    }
+    messages.truncate(page_size);
+    let url = format!("{}/Messages", conversation_resource_url(req, &conversation));
+    json!({
         "messages": messages,
+        "meta": {
+            "page": 0,
+            "page_size": page_size,
+            "first_page_url": format!("{url}?PageSize={page_size}&Page=0"),
+            "previous_page_url": null,
+            "url": format!("{url}?PageSize={page_size}&Page=0"),
+            "next_page_url": null,
+            "key": "messages",
+        },
     })
 }
 
@@ -266,7 +365,7 @@ fn create(
     let key = req
         .idempotency_token
         .as_ref()
-        .filter(|_| !inner.no_idempotency)
+        .filter(|_| inner.idempotency_replay)
         .map(|t| (route, req.path.clone(), t.clone()));
     if let Some((status, body)) = key.as_ref().and_then(|k| inner.idempotent.get(k)) {
         return Answer::json(*status, body.clone());
@@ -308,11 +407,24 @@ fn create(
                 }
             }
         }
-        Route::ConversationMessages | Route::ListMessages => {}
+        Route::ConversationMessages => {
+            if req
+                .param("Body")
+                .is_some_and(|text| text.chars().count() > 1600)
+            {
+                return Answer::json(
+                    400,
+                    twilio_error(400, 50504, "Message body parameter is too long"),
+                );
+            }
+        }
+        Route::ListMessages | Route::ListConversationMessages | Route::ListMedia => {}
     }
     let body = body.unwrap_or_else(|| success_body(state, &mut inner, route, req));
-    if route == Route::Messages {
-        inner.messages.push(body.clone());
+    match route {
+        Route::Messages => inner.messages.push(body.clone()),
+        Route::ConversationMessages => inner.conversation_messages.push(body.clone()),
+        _ => {}
     }
     if route == Route::ConversationParticipants {
         if let (Some(identity), Some(sid)) = (req.param("Identity"), body["sid"].as_str()) {
@@ -345,7 +457,14 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
                 .cloned()
                 .unwrap_or_default();
             let media = req.params_named("MediaUrl");
-            let media_count = media.iter().filter(|m| !m.is_empty()).count();
+            let mut media_count = media.iter().filter(|m| !m.is_empty()).count();
+            if req
+                .param("To")
+                .is_some_and(|to| to.starts_with("whatsapp:"))
+            {
+                // WhatsApp carries one media per message; Twilio drops the rest.
+                media_count = media_count.min(1);
+            }
             let sid = new_sid(if media_count > 0 { "MM" } else { "SM" });
             let uri = format!("/2010-04-01/Accounts/{account}/Messages/{sid}");
             let date = now.to_rfc2822();
@@ -471,7 +590,7 @@ fn success_body(state: &State, inner: &mut Inner, route: Route, req: &RecordedRe
             merge(&mut body, fields);
             merge_chat_service(&mut body, req);
         }
-        Route::ListMessages => {}
+        Route::ListMessages | Route::ListConversationMessages | Route::ListMedia => {}
     }
     Value::Object(body)
 }

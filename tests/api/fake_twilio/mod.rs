@@ -1,5 +1,5 @@
 //! An in-test fake of Twilio's REST API, checked against Twilio's own OpenAPI documents
-//! (`../shared/twilio-oai/twilio_api_v2010.json` and `twilio_conversations_v1.json`).
+//! (`vendor/twilio-oai/twilio_api_v2010.json` and `twilio_conversations_v1.json`).
 //!
 //! Every request is matched against the operations of both documents. A request that departs
 //! from the document (unknown path or method, a path parameter that breaks its pattern, a wrong
@@ -17,21 +17,29 @@
 //! Conformant requests to an emulated [`Route`] get the next scripted [`Reply`] for that route
 //! (FIFO), or the spec-shaped success resource when nothing is queued.
 //!
-//! Twilio behaviour that is not in the documents but is emulated because our code depends on it:
-//! - `I-Twilio-Idempotency-Token`: a successful create remembers the token (per route and
-//!   path); a later *successful* answer for the same token replays the original status and body
-//!   and creates nothing new. Scripted non-success replies still take effect (they model a
-//!   failure in front of Twilio's idempotency layer).
+//! Twilio behaviour that is not in the documents but is emulated because our code depends on it,
+//! never kinder than Twilio:
+//! - No request idempotency: every successful create creates a new resource, whatever
+//!   `I-Twilio-Idempotency-Token` says. ([`FakeTwilio::set_idempotency_emulation`]`(true)` is an
+//!   explicit opt-in that replays the first successful create per token; no exactly-once test
+//!   uses it.)
+//! - Creates that succeed but whose answer is lost: [`Reply::CreatedButFailed`] (a 5xx after
+//!   the create) and [`Reply::Delayed`] (created on arrival, answered after the client gave up).
 //! - Adding a participant whose `Identity` already is in the conversation answers 409 with
 //!   error 50433 (see [`FakeTwilio::seed_participant`]).
-//! - A Messages `Body` longer than 1600 characters answers 400 with error 21617.
+//! - A Messages `Body` longer than 1600 characters answers 400 with error 21617; a
+//!   conversation message's, 400 with error 50504.
+//! - A WhatsApp message keeps only its first `MediaUrl` (`num_media` is at most 1).
 //!
-//! [`FakeTwilio::set_idempotency_emulation`]`(false)` switches the token replay off (realistic
-//! for the Messages API, whose creates are not idempotent: every successful create creates a
-//! new message). [`Route::ListMessages`] (`GET …/Messages.json`) lists the messages created so
-//! far, newest first, filtered by `To`, `From` and `DateSent` / `DateSent>` / `DateSent<`
-//! (compared with `date_sent`, or `date_created` while `date_sent` is still null; the fake never
-//! sends, so its messages stay `queued`), one page of `PageSize`.
+//! [`Route::ListMessages`] (`GET …/Messages.json`) lists the messages created so far, newest
+//! first, filtered by `To`, `From` and `DateSent` / `DateSent>` / `DateSent<` (compared with
+//! `date_sent`; the fake never sends, so its messages stay `queued` with `date_sent` null, as
+//! Twilio's do while queued, and a `DateSent` filter does not list them), one page of
+//! `PageSize`. [`Route::ListConversationMessages`] lists a conversation's messages (with their
+//! `attributes`) in `Order`, one page of `PageSize`.
+//! [`Route::ListMedia`] (`GET …/Messages/{MessageSid}/Media.json`) lists the media seeded with
+//! [`FakeTwilio::seed_message_media`] as spec-shaped Media resources; a message nothing was
+//! seeded for answers 404 with Twilio's error 20404.
 //!
 //! The fake is split by concern: `spec` reads the documents (operations, `$ref`s, response
 //! schemas), `validate` checks a request against its operation, `emulation` holds what the
@@ -39,6 +47,7 @@
 //! is the API the tests use.
 
 mod emulation;
+pub mod mcs;
 mod server;
 mod spec;
 mod validate;
@@ -51,7 +60,7 @@ use std::{
 use actix_web::{dev::ServerHandle, web};
 use serde_json::Value;
 
-pub use self::spec::{response_problems, service_response_problems, SpecDocument};
+pub use self::spec::{response_problems, service_response_problems, vendored_dir, SpecDocument};
 use self::{
     emulation::{new_sid, State},
     spec::success_response,
@@ -74,14 +83,23 @@ pub enum Route {
     ConversationParticipants,
     /// `GET /2010-04-01/Accounts/{AccountSid}/Messages.json` (ListMessage, v2010 document).
     ListMessages,
+    /// `GET /v1/Conversations/{ConversationSid}/Messages` (ListConversationMessage) and
+    /// `GET /v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages`
+    /// (ListServiceConversationMessage).
+    ListConversationMessages,
+    /// `GET /2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media.json` (ListMedia,
+    /// v2010 document).
+    ListMedia,
 }
 
 impl Route {
-    pub const ALL: [Route; 4] = [
+    pub const ALL: [Route; 6] = [
         Route::Messages,
         Route::ConversationMessages,
         Route::ConversationParticipants,
         Route::ListMessages,
+        Route::ListConversationMessages,
+        Route::ListMedia,
     ];
 
     /// The path template exactly as written in the OpenAPI document (for the Conversations
@@ -91,7 +109,12 @@ impl Route {
             Route::Messages | Route::ListMessages => {
                 "/2010-04-01/Accounts/{AccountSid}/Messages.json"
             }
-            Route::ConversationMessages => "/v1/Conversations/{ConversationSid}/Messages",
+            Route::ListMedia => {
+                "/2010-04-01/Accounts/{AccountSid}/Messages/{MessageSid}/Media.json"
+            }
+            Route::ConversationMessages | Route::ListConversationMessages => {
+                "/v1/Conversations/{ConversationSid}/Messages"
+            }
             Route::ConversationParticipants => "/v1/Conversations/{ConversationSid}/Participants",
         }
     }
@@ -99,8 +122,8 @@ impl Route {
     /// The service-scoped path template of a Conversations route, as written in the document.
     pub fn service_path_template(self) -> Option<&'static str> {
         match self {
-            Route::Messages | Route::ListMessages => None,
-            Route::ConversationMessages => {
+            Route::Messages | Route::ListMessages | Route::ListMedia => None,
+            Route::ConversationMessages | Route::ListConversationMessages => {
                 Some("/v1/Services/{ChatServiceSid}/Conversations/{ConversationSid}/Messages")
             }
             Route::ConversationParticipants => {
@@ -117,17 +140,17 @@ impl Route {
 
     pub fn method(self) -> &'static str {
         match self {
-            Route::ListMessages => "GET",
+            Route::ListMessages | Route::ListConversationMessages | Route::ListMedia => "GET",
             _ => "POST",
         }
     }
 
     pub fn document(self) -> SpecDocument {
         match self {
-            Route::Messages | Route::ListMessages => SpecDocument::ApiV2010,
-            Route::ConversationMessages | Route::ConversationParticipants => {
-                SpecDocument::ConversationsV1
-            }
+            Route::Messages | Route::ListMessages | Route::ListMedia => SpecDocument::ApiV2010,
+            Route::ConversationMessages
+            | Route::ConversationParticipants
+            | Route::ListConversationMessages => SpecDocument::ConversationsV1,
         }
     }
 
@@ -152,7 +175,7 @@ impl Route {
     }
 
     /// The success status code the document declares for the operation (201 for creates, 200
-    /// for the list).
+    /// for the lists).
     pub fn success_status(self) -> u16 {
         success_response(self, self.path_template()).0
     }
@@ -377,10 +400,24 @@ impl FakeTwilio {
         self.state.lock().messages.clone()
     }
 
-    /// On (the default): a repeated `I-Twilio-Idempotency-Token` replays the first successful
-    /// create. Off: every successful create creates a new resource, as the Messages API may.
+    /// Off (the default, as at Twilio): every successful create creates a new resource,
+    /// whatever `I-Twilio-Idempotency-Token` says. On: a repeated token replays the first
+    /// successful create. No exactly-once test may switch it on.
     pub fn set_idempotency_emulation(&self, on: bool) {
-        self.state.lock().no_idempotency = !on;
+        self.state.lock().idempotency_replay = on;
+    }
+
+    /// Makes `sid` a Media Content Service media the fake can describe (see [`mcs`]).
+    pub fn seed_mcs_media(&self, sid: &str, content_type: &str) {
+        self.state
+            .lock()
+            .mcs_media
+            .insert(sid.to_owned(), content_type.to_owned());
+    }
+
+    /// The conversation messages created so far, oldest first.
+    pub fn conversation_messages(&self) -> Vec<Value> {
+        self.state.lock().conversation_messages.clone()
     }
 
     /// Every way a request departed from the OpenAPI documents (empty = all conformant).
@@ -403,6 +440,31 @@ impl FakeTwilio {
     /// else a stable SID derived from it. (Messages resources use the path's `AccountSid`.)
     pub fn account_sid(&self) -> String {
         self.state.account_sid.clone()
+    }
+
+    /// Gives message `message_sid` (`SM…`/`MM…`, as received) one media item per content type,
+    /// listed by [`Route::ListMedia`] in this order. Returns their `ME…` SIDs.
+    pub fn seed_message_media(&self, message_sid: &str, content_types: &[&str]) -> Vec<String> {
+        let account = self.state.account_sid.clone();
+        let date = chrono::Utc::now().to_rfc2822();
+        let mut inner = self.state.lock();
+        let media = inner.media.entry(message_sid.to_owned()).or_default();
+        content_types
+            .iter()
+            .map(|content_type| {
+                let sid = new_sid("ME");
+                media.push(serde_json::json!({
+                    "account_sid": account,
+                    "content_type": content_type,
+                    "date_created": date,
+                    "date_updated": date,
+                    "parent_sid": message_sid,
+                    "sid": sid,
+                    "uri": format!("/2010-04-01/Accounts/{account}/Messages/{message_sid}/Media/{sid}.json"),
+                }));
+                sid
+            })
+            .collect()
     }
 
     /// Makes `identity` an existing participant of `conversation` (SID or unique name, as used

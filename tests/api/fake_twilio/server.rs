@@ -12,6 +12,7 @@ use serde_json::json;
 
 use super::{
     emulation::{answer_for, twilio_error, Answer, State},
+    mcs,
     spec::find_operation,
     validate::{check_auth, check_operation, header_value},
     RecordedRequest, Reply, Route,
@@ -66,6 +67,27 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     let auth_problem = check_auth(&headers, &state.username, &state.password);
     if let Some(p) = &auth_problem {
         problems.push(format!("authentication: {p}"));
+    }
+    if path.starts_with(mcs::PREFIX) {
+        let answer = mcs::answer(&state, &method, &path);
+        let mut inner = state.lock();
+        if let Some(p) = &auth_problem {
+            inner
+                .violations
+                .push(format!("{method} {path}: authentication: {p}"));
+        }
+        inner.requests.push(RecordedRequest {
+            route: None,
+            method,
+            path,
+            path_params: BTreeMap::new(),
+            params,
+            headers,
+            idempotency_token,
+            query,
+            received_at,
+        });
+        return answer.into_response();
     }
     let (route, path_params) = match find_operation(&path, &method) {
         Err(p) => {

@@ -38,13 +38,11 @@ impl SpecDocument {
 }
 
 fn load_document(file: &str) -> Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/twilio-oai")
-        .join(file);
+    let path = vendored_dir().join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "FakeTwilio needs Twilio's OpenAPI document {file} at {}: {e}. It is published in \
-             https://github.com/twilio/twilio-oai (spec/json/{file}); put it in ../shared/twilio-oai/.",
+            "FakeTwilio needs Twilio's OpenAPI document {file} at {}: {e}. The repository \
+             vendors it (see vendor/twilio-oai/README.md).",
             path.display()
         )
     });
@@ -56,6 +54,12 @@ fn load_document(file: &str) -> Value {
         path.display()
     );
     doc
+}
+
+/// Where the repository keeps its copy of Twilio's OpenAPI documents (origin, version and
+/// checksums in its `README.md`).
+pub fn vendored_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("vendor/twilio-oai")
 }
 
 /// Checks a response body against the response schema `route`'s operation declares for its

@@ -8,6 +8,13 @@
 //! most one task runs per conversation, so the bot is added to a conversation exactly once per
 //! process however many webhooks announce it. With [`AutoJoiner::persisting_in`], each pending
 //! join is also a file until it succeeds or is given up, and is resumed after a restart.
+//!
+//! With [`AutoJoiner::sharing`] the instances agree through the state store: the joined set is
+//! kept there too, and a join starts only after claiming the conversation (set-if-absent with
+//! an expiry, renewed before every attempt), so one instance joins and the others see it. A
+//! claim whose holder died expires; the next announcement of the conversation joins it then.
+//! When the store cannot answer the join goes ahead: joining twice is harmless ("already a
+//! participant" counts as done).
 
 use std::{
     collections::HashSet,
@@ -21,7 +28,11 @@ use moka::sync::Cache;
 use crate::connectors::twilio::rest::{ParticipantAdded, TwilioRest};
 use prometheus::IntCounterVec;
 
-use crate::{backoff::Backoff, metrics::Metrics};
+use crate::{backoff::Backoff, metrics::Metrics, state::StateStore};
+
+/// How long the shared joined set remembers a conversation (a forgotten one costs one join
+/// answered "already a participant").
+const JOINED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// How the join requests are retried.
 #[derive(Clone, Debug)]
@@ -61,6 +72,8 @@ struct Inner {
     pending: Mutex<HashSet<String>>,
     /// Where pending joins are kept across restarts (one empty file per conversation).
     state_dir: Option<PathBuf>,
+    /// The store the instances share the joined set and join claims through.
+    shared: Option<Arc<dyn StateStore>>,
     /// `conversation_joins_total{outcome}`: joined, already_participant, retried, gave_up.
     joins: IntCounterVec,
 }
@@ -85,6 +98,7 @@ impl AutoJoiner {
                 joined: Cache::builder().max_capacity(500_000).build(),
                 pending: Mutex::new(HashSet::new()),
                 state_dir: None,
+                shared: None,
                 joins: metrics.register_counter_vec(
                     "conversation_joins_total",
                     "Attempts to add the bot to a Twilio conversation, by outcome",
@@ -125,6 +139,72 @@ impl AutoJoiner {
         self
     }
 
+    /// Shares the joined set and join claims with other instances through `store`. Must be
+    /// called before the joiner is shared (and before [`Self::persisting_in`] resumes joins).
+    pub fn sharing(mut self, store: Arc<dyn StateStore>) -> Self {
+        Arc::get_mut(&mut self.inner)
+            .expect("sharing is called before the joiner is shared")
+            .shared = Some(store);
+        self
+    }
+
+    fn joined_key(conversation_sid: &str) -> String {
+        format!("twilio:joined:{conversation_sid}")
+    }
+
+    fn claim_key(conversation_sid: &str) -> String {
+        format!("twilio:join-claim:{conversation_sid}")
+    }
+
+    /// How long a claim lasts without renewal: longer than any wait between two attempts.
+    fn claim_ttl(&self) -> Duration {
+        self.inner.policy.max + Duration::from_secs(60)
+    }
+
+    /// Whether this instance should join: not when another one has joined or is joining.
+    async fn claim(&self, conversation_sid: &str) -> bool {
+        let Some(store) = &self.inner.shared else {
+            return true;
+        };
+        match store.get(&Self::joined_key(conversation_sid)).await {
+            Ok(Some(_)) => {
+                self.inner.joined.insert(conversation_sid.to_owned(), ());
+                return false;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, conversation_sid, "shared joined set unavailable; joining anyway");
+                return true;
+            }
+        }
+        match store
+            .put_if_absent(&Self::claim_key(conversation_sid), "1", self.claim_ttl())
+            .await
+        {
+            Ok(won) => {
+                if !won {
+                    tracing::debug!(
+                        conversation_sid,
+                        "another instance is joining the conversation"
+                    );
+                }
+                won
+            }
+            Err(error) => {
+                tracing::warn!(%error, conversation_sid, "join claim unavailable; joining anyway");
+                true
+            }
+        }
+    }
+
+    /// Lets another instance claim the conversation again (a successful join is in the
+    /// joined set already, through [`Self::mark_joined`]).
+    async fn release_claim(&self, conversation_sid: &str) {
+        if let Some(store) = &self.inner.shared {
+            let _ = store.remove(&Self::claim_key(conversation_sid)).await;
+        }
+    }
+
     fn remember_pending(&self, conversation_sid: &str) {
         let Some(dir) = &self.inner.state_dir else {
             return;
@@ -159,9 +239,21 @@ impl AutoJoiner {
         self.inner.joined.contains_key(conversation_sid)
     }
 
-    /// Records that the bot is a participant (it was added, or it posted there).
+    /// Records that the bot is a participant (it was added, or it posted there); the other
+    /// instances learn it in the background.
     pub fn mark_joined(&self, conversation_sid: &str) {
+        if self.is_joined(conversation_sid) {
+            return;
+        }
         self.inner.joined.insert(conversation_sid.to_owned(), ());
+        if let Some(store) = self.inner.shared.clone() {
+            let key = Self::joined_key(conversation_sid);
+            tokio::spawn(async move {
+                if let Err(error) = store.put(&key, "1", JOINED_TTL).await {
+                    tracing::warn!(%error, "join not recorded in the shared joined set");
+                }
+            });
+        }
     }
 
     /// Makes sure the bot joins `conversation_sid`: returns at once; a background task adds it
@@ -176,11 +268,14 @@ impl AutoJoiner {
                 return;
             }
         }
-        self.remember_pending(conversation_sid);
         let joiner = self.clone();
         let conversation_sid = conversation_sid.to_owned();
         tokio::spawn(async move {
-            joiner.join_with_retries(&conversation_sid, &identity).await;
+            if joiner.claim(&conversation_sid).await {
+                joiner.remember_pending(&conversation_sid);
+                joiner.join_with_retries(&conversation_sid, &identity).await;
+                joiner.release_claim(&conversation_sid).await;
+            }
             joiner.forget_pending(&conversation_sid);
             joiner
                 .inner
@@ -200,6 +295,14 @@ impl AutoJoiner {
         let mut backoff = Backoff::new(policy.base, policy.max);
         let mut permanent_failures = 0u32;
         for attempt in 1..=policy.max_attempts {
+            if attempt > 1 {
+                if let Some(store) = &self.inner.shared {
+                    // Still ours: renewed so the claim outlives the wait.
+                    let _ = store
+                        .put(&Self::claim_key(conversation_sid), "1", self.claim_ttl())
+                        .await;
+                }
+            }
             let result = self
                 .inner
                 .rest
@@ -285,6 +388,38 @@ mod tests {
 
     fn pending(joiner: &AutoJoiner) -> usize {
         joiner.inner.pending.lock().unwrap().len()
+    }
+
+    async fn settled(joiner: &AutoJoiner) {
+        for _ in 0..200 {
+            if pending(joiner) == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the join task did not finish");
+    }
+
+    #[tokio::test]
+    async fn instances_sharing_a_store_see_each_others_joins_and_claims() {
+        let store: Arc<dyn StateStore> = Arc::new(crate::state::memory::MemoryStore::default());
+        let first = joiner(Some("bot")).sharing(store.clone());
+        let second = joiner(Some("bot")).sharing(store);
+
+        first.mark_joined("CH1");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        second.ensure_joined("CH1");
+        settled(&second).await;
+        assert!(second.is_joined("CH1"), "learnt from the shared joined set");
+
+        // Twilio is unreachable here, so the first instance keeps retrying while it holds
+        // the claim; the second one sees the claim and does not start a join of its own.
+        first.ensure_joined("CH2");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        second.ensure_joined("CH2");
+        settled(&second).await;
+        assert_eq!(pending(&first), 1, "the claim holder is still joining");
+        assert!(!second.is_joined("CH2"));
     }
 
     #[tokio::test]

@@ -1,32 +1,36 @@
-//! Twilio's egress sink: turns one planned part into a Twilio REST call.
+//! Twilio's egress sink: turns one planned part into a Twilio REST call, and finds what an
+//! earlier attempt created when its answer was lost.
 //!
-//! `CH…` targets post to the Conversations API as `TWILIO_IDENTITY`; `+E.164` and
-//! `whatsapp:+E.164` targets go through Programmable Messaging with `From` =
-//! `egress.metadata.twilio.from`, else `TWILIO_PHONE_NUMBER`, else a Messaging Service
-//! (`egress.metadata.twilio.messagingServiceSid`, else `TWILIO_MESSAGING_SERVICE_SID`), and a
-//! `StatusCallback` (`TWILIO_STATUS_CALLBACK_URL` + `correlationId=`). Twilio errors map onto
-//! the engine's retry policy: 429/5xx/network retry, other 4xx are permanent, 21610 is an
-//! opt-out.
+//! `CH…` targets post to the Conversations API as `TWILIO_IDENTITY`, with `Attributes`
+//! `{"origin": "ingress-egress", "key": <part key>}` so the message is recognised as ours (no
+//! echo) and can be found again. Phone, WhatsApp and Messenger targets go through Programmable
+//! Messaging with `From` = `egress.metadata.twilio.from`, else `TWILIO_PHONE_NUMBER`, else a
+//! Messaging Service (`egress.metadata.twilio.messagingServiceSid`, else
+//! `TWILIO_MESSAGING_SERVICE_SID`), and a `StatusCallback` (`TWILIO_STATUS_CALLBACK_URL` with
+//! the correlation id, the part and its key, the query sorted so Twilio's re-sorting cannot
+//! break its own signature).
 //!
-//! A Messages create is not idempotent at Twilio even with `I-Twilio-Idempotency-Token`: after
-//! a 5xx or a timeout the message may already exist. The sink remembers, per idempotency token,
-//! when the first such ambiguous attempt started; before the next attempt of that part it lists
-//! the recipient's messages since then ([`TwilioRest::find_created_message`]) and, when the
-//! message is there, reports it as accepted instead of sending it again. A failed lookup falls
-//! back to resending. The memory is per process: a redelivery to another instance resends.
+//! Twilio's creates have no request idempotency, so after an ambiguous attempt (timeout, 5xx)
+//! the engine asks [`TwilioSink::resolve`] before sending again: for a conversation, the
+//! newest messages are searched for our key (exact); for a message, the delivery status
+//! callback may already have recorded its SID in the send ledger (we wait briefly for one),
+//! else the recipient's newest messages are searched ([`TwilioRest::find_created_message`]).
+//!
+//! Media: a conversation attaches media by Media Content Service SID; media we know by URL
+//! (from an SMS/MMS) travel as links in the body. A message attaches media by URL; media known
+//! only by SID (from a conversation) is first resolved to a temporary URL. WhatsApp carries
+//! one media per message. Twilio errors map onto the engine's retry policy: 429, 5xx, network
+//! and back-pressure codes (20429, 21611, 14107) retry; other 4xx are permanent; 21610 is an
+//! opt-out, remembered for the sender and recipient (see [`super::super::opt_out`]).
 
 #[cfg(feature = "websocket")]
 use std::sync::Arc;
-use std::{
-    collections::HashMap,
-    sync::{Mutex, PoisonError},
-};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Value};
-use url::Url;
-
 use futures_util::future::BoxFuture;
+use serde_json::{json, Map, Value};
+use url::Url;
 
 use super::split;
 #[cfg(feature = "websocket")]
@@ -34,43 +38,84 @@ use crate::connectors::twilio::websocket::egress::SocketEgress;
 use crate::{
     connectors::twilio::{
         address::Address,
+        opt_out::OptOuts,
         rest::{
             Created, MessageSender, NewConversationMessage, NewMessage, RestError, TwilioRest,
             ERROR_OPTED_OUT,
         },
-        shared::{Twilio, CONNECTOR},
+        shared::{Twilio, CONNECTOR, OWN_ORIGIN},
     },
-    egress::sink::{
-        Accepted, EgressSink, InvalidTarget, Outbound, SendFailure, SinkPolicy, TextInfo,
+    egress::{
+        ledger::{PartRecord, SendLedger},
+        sink::{
+            Accepted, EgressSink, InvalidTarget, Outbound, Resolution, SendFailure, SinkPolicy,
+            TextInfo,
+        },
     },
+    envelope::Media,
 };
 
-/// Twilio's body limit for Messaging (and what SMS participants of a conversation receive).
+/// Twilio's body limit for Messaging and for Conversations (anything we append included).
 pub const MAX_BODY_CHARS: usize = 1600;
 /// Twilio accepts up to 10 `MediaUrl` per message.
 const MAX_MEDIA_URLS: usize = 10;
-
-/// How long an ambiguous attempt is remembered (the engine's retries finish far sooner).
-const AMBIGUOUS_MEMORY: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+/// How many of a conversation's newest messages are searched for an earlier attempt.
+const CONVERSATION_LOOKUP: usize = 50;
+/// How often the ledger is read while waiting for a status callback.
+const CALLBACK_POLL: Duration = Duration::from_millis(100);
 
 pub struct TwilioSink {
     twilio: Twilio,
     rest: TwilioRest,
-    /// Idempotency token → start of the first Messages attempt of that part whose outcome is
-    /// unknown (5xx, timeout, network failure after connecting).
-    ambiguous: Mutex<HashMap<String, DateTime<Utc>>>,
+    ledger: SendLedger,
+    opt_outs: OptOuts,
     /// `TWILIO_EGRESS_TRANSPORT=websocket`: conversation replies go over the socket.
     #[cfg(feature = "websocket")]
     socket: Option<Arc<SocketEgress>>,
 }
 
+/// A failure that is ours to report, not Twilio's.
+fn refusal(reason: &'static str, message: impl Into<String>) -> SendFailure {
+    SendFailure {
+        retryable: false,
+        ambiguous: false,
+        opted_out: false,
+        retry_after: None,
+        http_status: None,
+        error_code: None,
+        reason,
+        message: message.into(),
+    }
+}
+
+/// What a Programmable Messaging send of a part is made of.
+struct MessagingSend {
+    sender: MessageSender,
+    media_urls: Vec<String>,
+    callback: Option<Url>,
+}
+
+impl MessagingSend {
+    fn request<'a>(&'a self, part: &Outbound<'a>) -> NewMessage<'a> {
+        NewMessage {
+            to: part.target,
+            sender: &self.sender,
+            body: part.text,
+            media_urls: &self.media_urls,
+            status_callback: self.callback.as_ref(),
+            idempotency_token: part.idempotency_token,
+        }
+    }
+}
+
 impl TwilioSink {
-    pub fn new(twilio: Twilio) -> Self {
+    pub fn new(twilio: Twilio, ledger: SendLedger, opt_outs: OptOuts) -> Self {
         let rest = twilio.rest().clone();
         Self {
             twilio,
             rest,
-            ambiguous: Mutex::new(HashMap::new()),
+            ledger,
+            opt_outs,
             #[cfg(feature = "websocket")]
             socket: None,
         }
@@ -82,55 +127,6 @@ impl TwilioSink {
     pub fn with_socket(mut self, socket: Option<Arc<SocketEgress>>) -> Self {
         self.socket = socket;
         self
-    }
-
-    fn ambiguous(&self) -> std::sync::MutexGuard<'_, HashMap<String, DateTime<Utc>>> {
-        self.ambiguous
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Sends through Programmable Messaging; when an earlier attempt of this part ended
-    /// ambiguously, first looks for the message that attempt may have created.
-    async fn send_message(&self, message: &NewMessage<'_>) -> Result<Created, RestError> {
-        let token = message.idempotency_token;
-        let earlier = self.ambiguous().get(token).copied();
-        if let Some(since) = earlier {
-            match self.rest.find_created_message(message, since).await {
-                Ok(Some(found)) => {
-                    self.ambiguous().remove(token);
-                    tracing::info!(
-                        provider_sid = %found.sid,
-                        "an earlier ambiguous attempt had created the message; not sending it again"
-                    );
-                    return Ok(found);
-                }
-                Ok(None) => {
-                    tracing::info!("no message from the earlier ambiguous attempt; sending again");
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        error = %error.summary(),
-                        "looking up the earlier ambiguous attempt failed; sending again"
-                    );
-                }
-            }
-        }
-        let started = Utc::now();
-        let result = self.rest.create_message(message).await;
-        let mut ambiguous = self.ambiguous();
-        match &result {
-            Err(error) if error.is_ambiguous() => {
-                ambiguous.retain(|_, at| started - *at < AMBIGUOUS_MEMORY);
-                ambiguous.entry(token.to_owned()).or_insert(started);
-            }
-            // Rejected but retryable (429): an earlier ambiguous attempt still needs a lookup.
-            Err(error) if error.is_retryable() => {}
-            _ => {
-                ambiguous.remove(token);
-            }
-        }
-        result
     }
 
     /// Who a Messaging API send to `target` comes from.
@@ -159,84 +155,148 @@ impl TwilioSink {
         })
     }
 
+    fn sender_key_of(sender: &MessageSender) -> String {
+        match sender {
+            MessageSender::From(from) => format!("from:{from}"),
+            MessageSender::MessagingService(sid) => format!("service:{sid}"),
+        }
+    }
+
+    /// `TWILIO_STATUS_CALLBACK_URL` with `correlationId`, `part` (of a split text), `partKey`
+    /// (the send ledger's key) and the URL's own parameters, sorted by name.
     fn status_callback(&self, part: &Outbound<'_>) -> Option<Url> {
         let mut url = self.twilio.settings().status_callback_url.clone()?;
-        url.query_pairs_mut()
-            .append_pair("correlationId", &part.correlation_id.to_string());
+        let mut pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .filter(|(k, _)| !matches!(k.as_str(), "correlationId" | "part" | "partKey"))
+            .collect();
+        pairs.push(("correlationId".into(), part.correlation_id.to_string()));
         if part.part_count > 1 {
-            url.query_pairs_mut()
-                .append_pair("part", &part.part_index.to_string());
+            pairs.push(("part".into(), part.part_index.to_string()));
         }
+        pairs.push(("partKey".into(), part.idempotency_token.to_owned()));
+        pairs.sort();
+        url.query_pairs_mut().clear().extend_pairs(&pairs);
         Some(url)
     }
 
-    async fn send_part(&self, part: Outbound<'_>) -> Result<Accepted, SendFailure> {
-        let target = Address::parse(part.target).map_err(|error| SendFailure {
-            retryable: false,
-            opted_out: false,
-            retry_after: None,
-            http_status: None,
-            error_code: None,
-            reason: "invalid_target",
-            message: error.to_string(),
+    /// The body and media SID of a conversation message for `part`: media with a URL (an
+    /// SMS/MMS's, or any public one) become links after the text, since a Messaging media SID
+    /// is not a Media Content Service SID; media known only by SID attach as `MediaSid`.
+    fn conversation_content<'p>(part: &Outbound<'p>) -> (Option<String>, Option<&'p str>) {
+        let media_sid = part
+            .media
+            .iter()
+            .filter(|m| m.url.is_none())
+            .find_map(|m| m.sid.as_deref());
+        let links: Vec<&str> = part.media.iter().filter_map(|m| m.url.as_deref()).collect();
+        let body = match (part.text, links.is_empty()) {
+            (text, true) => text.map(str::to_owned),
+            (Some(text), false) => Some(format!("{text}\n{}", links.join("\n"))),
+            (None, false) => Some(links.join("\n")),
+        };
+        (body, media_sid)
+    }
+
+    fn conversation_attributes(part: &Outbound<'_>) -> String {
+        json!({"origin": OWN_ORIGIN, "key": part.idempotency_token}).to_string()
+    }
+
+    async fn messaging_send(
+        &self,
+        target: &Address,
+        part: &Outbound<'_>,
+    ) -> Result<MessagingSend, SendFailure> {
+        let sender = self.sender(target, part.egress_metadata).ok_or_else(|| {
+            refusal(
+                "no_sender",
+                "no sender: set egress.metadata.twilio.from, TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID",
+            )
         })?;
-        let result = if let Address::Conversation(conversation_sid) = &target {
-            let settings = self.twilio.settings();
-            let media_sid = part
-                .media
-                .iter()
-                .filter_map(|m| m.sid.as_deref())
-                .find(|sid| sid.starts_with("ME"));
-            // Conversations attach media by SID only; URL-only media travel as links.
-            let links: Vec<&str> = part
-                .media
-                .iter()
-                .filter(|m| m.sid.as_deref() != media_sid || media_sid.is_none())
-                .filter_map(|m| m.url.as_deref())
-                .collect();
-            let body = match (part.text, links.is_empty()) {
-                (text, true) => text.map(str::to_owned),
-                (Some(text), false) => Some(format!("{text}\n{}", links.join("\n"))),
-                (None, false) => Some(links.join("\n")),
-            };
-            #[cfg(feature = "websocket")]
-            if let (Some(socket), None) = (&self.socket, media_sid) {
-                return socket
-                    .send(conversation_sid, body.as_deref(), part.idempotency_token)
-                    .await;
-            }
-            self.rest
-                .create_conversation_message(&NewConversationMessage {
-                    conversation_sid,
-                    author: settings.identity.as_deref(),
-                    body: body.as_deref(),
-                    media_sid,
-                    idempotency_token: part.idempotency_token,
-                })
-                .await
-        } else {
-            let Some(sender) = self.sender(&target, part.egress_metadata) else {
-                return Err(SendFailure {
-                    retryable: false,
-                    opted_out: false,
-                    retry_after: None,
-                    http_status: None,
-                    error_code: None,
-                    reason: "no_sender",
-                    message: "no sender: set egress.metadata.twilio.from, TWILIO_PHONE_NUMBER or TWILIO_MESSAGING_SERVICE_SID".to_owned(),
-                });
-            };
-            let media_urls: Vec<String> = part.media.iter().filter_map(|m| m.url.clone()).collect();
-            let callback = self.status_callback(&part);
-            self.send_message(&NewMessage {
-                to: part.target,
-                sender: &sender,
-                body: part.text,
-                media_urls: &media_urls,
-                status_callback: callback.as_ref(),
-                idempotency_token: part.idempotency_token,
-            })
+        let mut media_urls = Vec::with_capacity(part.media.len());
+        for media in part.media {
+            media_urls.push(self.media_url(media).await?);
+        }
+        Ok(MessagingSend {
+            sender,
+            media_urls,
+            callback: self.status_callback(part),
+        })
+    }
+
+    /// A URL Twilio can fetch `media` from: its own, else the Media Content Service's
+    /// temporary URL for its SID.
+    async fn media_url(&self, media: &Media) -> Result<String, SendFailure> {
+        if let Some(url) = &media.url {
+            return Ok(url.clone());
+        }
+        let sid = media
+            .sid
+            .as_deref()
+            .ok_or_else(|| refusal("media_unavailable", "a media item has neither url nor sid"))?;
+        self.rest
+            .media_content_url(sid)
             .await
+            .map_err(|error| match error {
+                RestError::NotConfigured(what) => refusal(
+                    "media_unavailable",
+                    format!("media {sid} is known only by SID and cannot be resolved: {what}"),
+                ),
+                other => failure(other),
+            })
+    }
+
+    async fn send_part(&self, part: Outbound<'_>) -> Result<Accepted, SendFailure> {
+        let target = Address::parse(part.target)
+            .map_err(|error| refusal("invalid_target", error.to_string()))?;
+        let result = match &target {
+            Address::Conversation(conversation_sid) => {
+                let (body, media_sid) = Self::conversation_content(&part);
+                let attributes = Self::conversation_attributes(&part);
+                #[cfg(feature = "websocket")]
+                if let (Some(socket), None) = (&self.socket, media_sid) {
+                    return socket
+                        .send(conversation_sid, body.as_deref(), &attributes)
+                        .await;
+                }
+                self.rest
+                    .create_conversation_message(&NewConversationMessage {
+                        conversation_sid,
+                        author: self.twilio.settings().identity.as_deref(),
+                        body: body.as_deref(),
+                        media_sid,
+                        attributes: Some(&attributes),
+                        idempotency_token: part.idempotency_token,
+                    })
+                    .await
+            }
+            _ => {
+                let send = self.messaging_send(&target, &part).await?;
+                let sender_key = Self::sender_key_of(&send.sender);
+                match self.opt_outs.is_opted_out(&sender_key, part.target).await {
+                    Ok(true) => {
+                        return Err(SendFailure {
+                            opted_out: true,
+                            error_code: Some(ERROR_OPTED_OUT),
+                            ..refusal(
+                                "opted_out",
+                                "the recipient opted out of this sender (remembered); not sent",
+                            )
+                        })
+                    }
+                    Ok(false) => {}
+                    // Twilio refuses opted-out recipients itself: sending is safe.
+                    Err(error) => tracing::warn!(%error, "opt-out memory unavailable"),
+                }
+                let result = self.rest.create_message(&send.request(&part)).await;
+                if matches!(&result, Err(error) if error.error_code() == Some(ERROR_OPTED_OUT)) {
+                    if let Err(error) = self.opt_outs.opt_out(&sender_key, part.target).await {
+                        tracing::warn!(%error, "opt-out not remembered");
+                    }
+                }
+                result
+            }
         };
         match result {
             Ok(created) => {
@@ -247,9 +307,85 @@ impl TwilioSink {
             }
             Err(error) => {
                 self.twilio
-                    .record_error(format!("REST send failed: {error}"));
+                    .record_error(format!("REST send failed: {}", error.summary()));
                 Err(failure(error))
             }
+        }
+    }
+
+    async fn resolve_part(
+        &self,
+        part: Outbound<'_>,
+        since: DateTime<Utc>,
+    ) -> Result<Resolution, SendFailure> {
+        let target = Address::parse(part.target)
+            .map_err(|error| refusal("invalid_target", error.to_string()))?;
+        if let Address::Conversation(conversation_sid) = &target {
+            // The socket sees the same messages (REST-posted ones carry the key too).
+            #[cfg(feature = "websocket")]
+            if let Some(socket) = &self.socket {
+                return socket
+                    .resolve(conversation_sid, part.idempotency_token)
+                    .await;
+            }
+            let listed = self
+                .rest
+                .list_conversation_messages(conversation_sid, CONVERSATION_LOOKUP)
+                .await
+                .map_err(failure)?;
+            let ours = listed.iter().find(|message| {
+                message
+                    .get("attributes")
+                    .and_then(Value::as_str)
+                    .and_then(|text| serde_json::from_str::<Value>(text).ok())
+                    .is_some_and(|attributes| attributes["key"] == part.idempotency_token)
+            });
+            return Ok(
+                match ours.and_then(|m| m.get("sid")).and_then(Value::as_str) {
+                    Some(sid) => Resolution::Found {
+                        provider_sid: sid.to_owned(),
+                        how: "attributes",
+                    },
+                    None => Resolution::NotFound,
+                },
+            );
+        }
+        let send = self.messaging_send(&target, &part).await?;
+        if send.callback.is_some() {
+            if let Some(sid) = self.wait_for_status_callback(part.idempotency_token).await {
+                return Ok(Resolution::Found {
+                    provider_sid: sid,
+                    how: "status_callback",
+                });
+            }
+        }
+        let found = self
+            .rest
+            .find_created_message(&send.request(&part), since)
+            .await
+            .map_err(failure)?;
+        Ok(match found {
+            Some(Created { sid, .. }) => Resolution::Found {
+                provider_sid: sid,
+                how: "listing",
+            },
+            None => Resolution::NotFound,
+        })
+    }
+
+    /// Waits up to `TWILIO_RESOLVE_WAIT_MS` for a status callback of the part (any status,
+    /// even `queued`) to record its SID in the ledger.
+    async fn wait_for_status_callback(&self, part_key: &str) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + self.twilio.settings().resolve_wait;
+        loop {
+            if let Ok(Some(PartRecord::Sent { provider_sid, .. })) = self.ledger.get(part_key).await
+            {
+                return Some(provider_sid);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(CALLBACK_POLL).await;
         }
     }
 }
@@ -261,6 +397,7 @@ fn failure(error: RestError) -> SendFailure {
     };
     SendFailure {
         retryable: error.is_retryable(),
+        ambiguous: error.is_ambiguous(),
         opted_out: error.error_code() == Some(ERROR_OPTED_OUT),
         retry_after: error.retry_after(),
         http_status: error.http_status(),
@@ -268,6 +405,16 @@ fn failure(error: RestError) -> SendFailure {
         reason,
         message: error.to_string(),
     }
+}
+
+/// Conversations count the body in characters.
+fn body_chars(text: Option<&str>, media: &[Media]) -> usize {
+    let links: usize = media
+        .iter()
+        .filter_map(|m| m.url.as_deref())
+        .map(|url| url.chars().count() + 1)
+        .sum();
+    text.map_or(0, |t| t.chars().count()) + links
 }
 
 impl EgressSink for TwilioSink {
@@ -300,8 +447,17 @@ impl EgressSink for TwilioSink {
 
     fn max_media_per_part(&self, target: &str) -> usize {
         match Address::parse(target) {
-            Ok(Address::Conversation(_)) => 1,
+            // Conversations attach one media per message; WhatsApp delivers only the first.
+            Ok(Address::Conversation(_) | Address::WhatsApp(_)) => 1,
             _ => MAX_MEDIA_URLS,
+        }
+    }
+
+    fn fits(&self, target: &str, text: Option<&str>, media: &[Media]) -> bool {
+        match Address::parse(target) {
+            // Media URLs become links in a conversation message's body.
+            Ok(Address::Conversation(_)) => body_chars(text, media) <= MAX_BODY_CHARS,
+            _ => true,
         }
     }
 
@@ -311,17 +467,23 @@ impl EgressSink for TwilioSink {
                 let identity = self.twilio.settings().identity.as_deref().unwrap_or("-");
                 format!("conversations:{identity}")
             }
-            Ok(address) => match self.sender(&address, egress_metadata) {
-                Some(MessageSender::From(from)) => format!("from:{from}"),
-                Some(MessageSender::MessagingService(sid)) => format!("service:{sid}"),
-                None => "none".to_owned(),
-            },
+            Ok(address) => self
+                .sender(&address, egress_metadata)
+                .map_or_else(|| "none".to_owned(), |sender| Self::sender_key_of(&sender)),
             Err(_) => "none".to_owned(),
         }
     }
 
     fn send<'a>(&'a self, part: Outbound<'a>) -> BoxFuture<'a, Result<Accepted, SendFailure>> {
         Box::pin(self.send_part(part))
+    }
+
+    fn resolve<'a>(
+        &'a self,
+        part: Outbound<'a>,
+        since: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Resolution, SendFailure>> {
+        Box::pin(self.resolve_part(part, since))
     }
 }
 
@@ -339,7 +501,9 @@ mod tests {
         metrics::Metrics,
         outbox::Outbox,
         publisher::EventPublisher,
+        state::memory::MemoryStore,
     };
+    use std::sync::Arc;
 
     fn make_sink(vars: &[(&str, &str)]) -> (TwilioSink, tempfile::TempDir) {
         let environment = Environment::from_pairs(
@@ -352,12 +516,17 @@ mod tests {
         let publisher = EventPublisher::new(
             Bus::Memory(MemoryBus::new(String::new())),
             Outbox::open(dir.path()).unwrap(),
+            Arc::new(MemoryStore::default()),
             Duration::from_secs(1),
             Duration::from_secs(1),
             Metrics::new(),
         );
         let twilio = Twilio::new(settings, publisher, Metrics::new());
-        (TwilioSink::new(twilio), dir)
+        let store = Arc::new(MemoryStore::default());
+        (
+            TwilioSink::new(twilio, SendLedger::new(store.clone()), OptOuts::new(store)),
+            dir,
+        )
     }
 
     fn metadata(value: serde_json::Value) -> Map<String, Value> {
@@ -450,8 +619,9 @@ mod tests {
         assert_eq!(
             url.as_str(),
             format!(
-                "https://hooks.example.com/webhooks/twilio/status?tenant=a&correlationId={id}&part=1"
-            )
+                "https://hooks.example.com/webhooks/twilio/status?correlationId={id}&part=1&partKey=t&tenant=a"
+            ),
+            "every parameter present, sorted by name"
         );
     }
 

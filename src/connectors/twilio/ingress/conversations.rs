@@ -5,30 +5,36 @@
 //! - `onConversationAdded`, `onParticipantAdded`: the bot joins the conversation (in the
 //!   background, see [`super::participants`]) when `TWILIO_IDENTITY` is set.
 //! - `onDeliveryUpdated`: a status event (see [`super::status`]).
+//! - pre-event webhooks (`onMessageAdd`, `onConversationAdd`, … — the names without "ed"),
+//!   should one be pointed here: not used; answered 200 with an empty body, which lets the
+//!   action proceed unchanged, and counted in `ignored_events_total`.
 //! - anything else: acknowledged, counted in `ignored_events_total`, not published.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{Map, Value};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{
     context::IngressContext,
     conversation_message::message_added_envelope,
+    deadline::Deadline,
     publish::{publish_envelope, WebhookOutcome},
     status,
     webhook::FormParams,
 };
-use crate::{connectors::twilio::shared::CONNECTOR, error::ApiError};
+use crate::{
+    connectors::twilio::shared::{CONNECTOR, OWN_ORIGIN},
+    error::ApiError,
+};
 
-/// `Attributes.origin` egress may stamp on what it posts; such messages are never republished.
-pub const OWN_ORIGIN: &str = "ingress-egress";
 /// The `ignored_events_total{event_type}` label of the bot's own messages.
 pub const OWN_MESSAGE_LABEL: &str = "onMessageAdded.own";
 
 /// The fields Twilio posts for `onMessageAdded` (documentation; other event types carry the
 /// fields Twilio documents for them, and every field is kept in `rawPlatformPayload`).
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "PascalCase")]
 #[schema(example = json!({
     "EventType": "onMessageAdded",
@@ -80,10 +86,11 @@ pub struct ConversationsEventForm {
 pub(crate) async fn handle_event(
     twilio: &IngressContext,
     params: &FormParams,
+    deadline: Deadline,
 ) -> Result<WebhookOutcome, ApiError> {
     let event_type = params.require("EventType")?;
     match event_type {
-        "onMessageAdded" => on_message_added(twilio, params, Utc::now(), None).await,
+        "onMessageAdded" => on_message_added(twilio, params, Utc::now(), None, deadline).await,
         "onConversationAdded" => {
             let conversation = params.require("ConversationSid")?;
             twilio.auto_joiner().ensure_joined(conversation);
@@ -104,7 +111,12 @@ pub(crate) async fn handle_event(
                 twilio.settings().identity.as_deref(),
                 Utc::now(),
             )?;
-            status::publish_status(twilio, &event).await
+            status::publish_status(twilio, &event, deadline).await
+        }
+        pre if is_pre_event(pre) => {
+            count_ignored(twilio, pre);
+            tracing::debug!(event_type = pre, "conversations pre-event answered empty");
+            Ok(WebhookOutcome::PreEvent)
         }
         other => {
             count_ignored(twilio, other);
@@ -112,6 +124,13 @@ pub(crate) async fn handle_event(
             Ok(WebhookOutcome::Ignored)
         }
     }
+}
+
+/// Whether `event_type` names a pre-event webhook: Twilio names those after the action about to
+/// happen (`onMessageAdd`, `onConversationUpdate`, `onParticipantRemove`, `onUserUpdate`), and
+/// post-event webhooks after the action done (`onMessageAdded`, `onDeliveryUpdated`).
+pub fn is_pre_event(event_type: &str) -> bool {
+    event_type.len() > 2 && event_type.starts_with("on") && !event_type.ends_with("ed")
 }
 
 /// Counts an event acknowledged without publishing.
@@ -131,6 +150,7 @@ pub(crate) async fn on_message_added(
     params: &FormParams,
     received_at: DateTime<Utc>,
     via: Option<Map<String, Value>>,
+    deadline: Deadline,
 ) -> Result<WebhookOutcome, ApiError> {
     let identity = twilio.settings().identity.as_deref();
     if is_own_message(params, identity) {
@@ -157,11 +177,19 @@ pub(crate) async fn on_message_added(
             twilio_meta.extend(extra);
         }
     }
-    publish_envelope(twilio, &envelope).await
+    publish_envelope(twilio, &envelope, deadline).await
 }
 
-/// Whether a message was written by the bot: its author is `TWILIO_IDENTITY`, or egress marked
-/// it with `Attributes.origin == "ingress-egress"`.
+/// Whether a message was written by the bot, so that republishing it would start an echo loop:
+/// - its author is `TWILIO_IDENTITY`, the author egress posts as; or
+/// - its `Attributes` carry `origin: "ingress-egress"`, which egress stamps on every message it
+///   posts. This is what recognises our messages posted without an author, which Twilio (and
+///   Event Streams) report with the author `system`.
+///
+/// The author `system` alone is not ours: other REST clients, Studio flows and Twilio itself
+/// post as `system` too, and those messages are published like any other. Only a message's
+/// writer sets its attributes, so a participant who stamps our origin on their own message
+/// silences nobody but themselves.
 pub fn is_own_message(params: &FormParams, bot_identity: Option<&str>) -> bool {
     if let (Some(author), Some(bot)) = (params.non_empty("Author"), bot_identity) {
         if author == bot {
@@ -183,6 +211,9 @@ pub fn is_own_message(params: &FormParams, bot_identity: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The author Twilio gives a message created through the REST API without an `Author`.
+    const SYSTEM_AUTHOR: &str = "system";
 
     fn form(pairs: &[(&str, &str)]) -> FormParams {
         FormParams::from_pairs(pairs)
@@ -206,9 +237,57 @@ mod tests {
         assert!(!is_own_message(&bot, None));
         assert!(!is_own_message(&message(&[]), Some("ingress-bot")));
         let marked = form(&[
-            ("Author", "system"),
-            ("Attributes", r#"{"origin":"ingress-egress"}"#),
+            ("Author", SYSTEM_AUTHOR),
+            ("Attributes", r#"{"origin":"ingress-egress","key":"m-1#0"}"#),
         ]);
         assert!(is_own_message(&marked, None));
+        assert!(is_own_message(&marked, Some("ingress-bot")));
+    }
+
+    #[test]
+    fn other_peoples_system_messages_are_not_ours() {
+        for attributes in ["{}", r#"{"origin":"studio"}"#, "not json", ""] {
+            let system = form(&[("Author", SYSTEM_AUTHOR), ("Attributes", attributes)]);
+            assert!(!is_own_message(&system, None), "{attributes}");
+            assert!(
+                !is_own_message(&system, Some("ingress-bot")),
+                "{attributes}"
+            );
+        }
+        // A bot identity of `system` would be a configuration mistake, but it is honoured.
+        let system = form(&[("Author", SYSTEM_AUTHOR)]);
+        assert!(is_own_message(&system, Some(SYSTEM_AUTHOR)));
+    }
+
+    #[test]
+    fn pre_events_are_told_from_post_events() {
+        for pre in [
+            "onMessageAdd",
+            "onMessageUpdate",
+            "onMessageRemove",
+            "onConversationAdd",
+            "onConversationUpdate",
+            "onConversationRemove",
+            "onParticipantAdd",
+            "onParticipantUpdate",
+            "onParticipantRemove",
+            "onUserUpdate",
+        ] {
+            assert!(is_pre_event(pre), "{pre}");
+        }
+        for post in [
+            "onMessageAdded",
+            "onMessageUpdated",
+            "onConversationAdded",
+            "onConversationStateUpdated",
+            "onParticipantAdded",
+            "onDeliveryUpdated",
+            "onUserUpdated",
+            "on",
+            "",
+            "somethingElse",
+        ] {
+            assert!(!is_pre_event(post), "{post}");
+        }
     }
 }

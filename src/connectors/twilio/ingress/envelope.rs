@@ -9,6 +9,7 @@ use crate::envelope::{
     stable_correlation_id, topics, Egress, ExternalIdentity, Identity, Ingress, InternalEventV2,
     Media, Message, Routing, CHAT_MESSAGE_V1, ENVELOPE_VERSION,
 };
+use crate::telemetry::trace_context::current_trace_id;
 
 /// The bus `message_id` of a Twilio message: stable across webhook retries.
 pub fn message_id(message_sid: &str) -> String {
@@ -36,11 +37,12 @@ pub struct InboundChat<'a> {
 }
 
 impl InboundChat<'_> {
+    /// The envelope, in the trace of the current span (the webhook's request).
     pub fn into_envelope(self, received_at: DateTime<Utc>) -> InternalEventV2 {
         InternalEventV2 {
             v: ENVELOPE_VERSION.to_owned(),
             correlation_id: stable_correlation_id(&message_id(self.message_sid)),
-            trace_id: None,
+            trace_id: current_trace_id(),
             event_type: CHAT_MESSAGE_V1.to_owned(),
             ingress: Ingress {
                 ingress_at: received_at,

@@ -1,6 +1,7 @@
 //! Twilio's ingress wing: the webhook routes and their OpenAPI descriptions. What each webhook
 //! means lives beside them:
-//! - [`webhook`] reads a request safely and checks its [`signature`];
+//! - [`webhook`] reads a request safely (POST or, where Twilio allows it, GET) and checks its
+//!   [`signature`]; [`deadline`] bounds each webhook's work by Twilio's timeout;
 //! - [`sms`], [`conversations`] (with [`conversation_message`]), [`status`] and
 //!   [`event_streams`] turn a verified webhook into events;
 //! - [`envelope`] is the one place an inbound chat message becomes an `InternalEventV2`;
@@ -11,6 +12,7 @@
 pub(crate) mod context;
 pub(crate) mod conversation_message;
 pub(crate) mod conversations;
+pub(crate) mod deadline;
 pub(crate) mod envelope;
 pub(crate) mod event_streams;
 pub(crate) mod publish;
@@ -24,13 +26,22 @@ use chrono::Utc;
 use utoipa::OpenApi;
 
 pub(crate) use context::IngressContext;
+use deadline::Webhook;
 use publish::{handle, publish_envelope};
 
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(sms_webhook, conversations_webhook, status_webhook, event_streams_webhook),
+    paths(
+        sms_webhook,
+        sms_webhook_get,
+        conversations_webhook,
+        conversations_webhook_get,
+        status_webhook,
+        event_streams_webhook,
+        event_streams_webhook_get
+    ),
     components(schemas(
         sms::InboundSmsForm,
         conversations::ConversationsEventForm,
@@ -47,14 +58,23 @@ pub fn configure(context: IngressContext, config: &mut web::ServiceConfig) {
     config
         .app_data(web::Data::new(context))
         .route("/webhooks/twilio/sms", web::post().to(sms_webhook))
+        .route("/webhooks/twilio/sms", web::get().to(sms_webhook_get))
         .route(
             "/webhooks/twilio/conversations",
             web::post().to(conversations_webhook),
+        )
+        .route(
+            "/webhooks/twilio/conversations",
+            web::get().to(conversations_webhook_get),
         )
         .route("/webhooks/twilio/status", web::post().to(status_webhook))
         .route(
             "/webhooks/twilio/event-streams",
             web::post().to(event_streams_webhook),
+        )
+        .route(
+            "/webhooks/twilio/event-streams",
+            web::get().to(event_streams_webhook_get),
         );
 }
 
@@ -68,7 +88,13 @@ pub fn configure(context: IngressContext, config: &mut web::ServiceConfig) {
 ///   added to the conversation in the background (retried on failure; "already a
 ///   participant" is success); nothing is published.
 /// - `onDeliveryUpdated` → a status event on `internal.egress.status.v1`.
+/// - Pre-event webhooks (`onMessageAdd`, `onConversationAdd`, … — the names without "ed") are
+///   not used; pointed here anyway, they get 200 with an empty body (the action proceeds
+///   unchanged), are not published and are counted in `ignored_events_total`.
 /// - Any other event type → 200, not published, counted in `ignored_events_total`.
+///
+/// Answered within Twilio's 5 s: the broker's confirm wait is cut short to leave time for the
+/// outbox.
 #[utoipa::path(
     post,
     path = "/webhooks/twilio/conversations",
@@ -76,7 +102,7 @@ pub fn configure(context: IngressContext, config: &mut web::ServiceConfig) {
     params(("X-Twilio-Signature" = String, Header, description = "Twilio's HMAC-SHA1 signature of the request")),
     request_body(content = conversations::ConversationsEventForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "Accepted (published, deduplicated or deliberately ignored); empty TwiML", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 200, description = "Accepted (published, deduplicated or deliberately ignored); empty TwiML, or an empty body for a pre-event webhook", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
         (status = 400, description = "Malformed webhook", body = ErrorBody),
         (status = 403, description = "Missing or invalid X-Twilio-Signature", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -89,11 +115,37 @@ pub async fn conversations_webhook(
     payload: web::Payload,
     twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
-    handle(&twilio, "conversations", async {
-        let params = twilio.verifier().form(&req, payload).await?;
-        conversations::handle_event(&twilio, &params).await
+    let twilio: &IngressContext = &twilio;
+    handle(twilio, Webhook::Conversations, |deadline| async move {
+        let params = twilio.verifier().params(&req, payload).await?;
+        conversations::handle_event(twilio, &params, deadline).await
     })
     .await
+}
+
+/// Twilio Conversations webhooks configured with method GET: the same events and answers as
+/// the POST route, the parameters in the query string, signed over the full URL.
+#[utoipa::path(
+    get,
+    path = "/webhooks/twilio/conversations",
+    tag = "twilio",
+    params(
+        ("X-Twilio-Signature" = String, Header, description = "Twilio's HMAC-SHA1 signature of the full URL, query included"),
+        conversations::ConversationsEventForm,
+    ),
+    responses(
+        (status = 200, description = "Accepted (published, deduplicated or deliberately ignored); empty TwiML, or an empty body for a pre-event webhook", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 400, description = "Malformed webhook", body = ErrorBody),
+        (status = 403, description = "Missing or invalid X-Twilio-Signature", body = ErrorBody),
+        (status = 503, description = "Neither the broker nor the outbox could take the event", body = ErrorBody),
+    )
+)]
+pub async fn conversations_webhook_get(
+    req: HttpRequest,
+    payload: web::Payload,
+    twilio: web::Data<IngressContext>,
+) -> Result<HttpResponse, ApiError> {
+    conversations_webhook(req, payload, twilio).await
 }
 
 /// Programmable Messaging status callbacks (the `StatusCallback` URL egress sets).
@@ -127,7 +179,8 @@ pub async fn status_webhook(
     payload: web::Payload,
     twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
-    handle(&twilio, "status", async {
+    let twilio: &IngressContext = &twilio;
+    handle(twilio, Webhook::Status, |deadline| async move {
         let params = twilio.verifier().form(&req, payload).await?;
         let correlation_id = status::correlation_id_from_query(req.query_string());
         let mut event = status::from_status_callback(&params, correlation_id, Utc::now())?;
@@ -135,7 +188,10 @@ pub async fn status_webhook(
             let value = part.parse::<u64>().map_or_else(|_| part.into(), Into::into);
             event.metadata.insert("part".to_owned(), value);
         }
-        status::publish_status(&twilio, &event).await
+        if let Some(part_key) = status::query_param(req.query_string(), "partKey") {
+            status::complete_ledger(twilio, &part_key, &event.message_sid).await;
+        }
+        status::publish_status(twilio, &event, deadline).await
     })
     .await
 }
@@ -146,8 +202,16 @@ pub async fn status_webhook(
 /// `com.twilio.messaging.inbound-message.received` and `com.twilio.conversations.message.added`
 /// become the same envelopes as the SMS and Conversations webhooks (same `message_id`, so a
 /// message seen both ways is published once). Other types are acknowledged and ignored
-/// (counted in `ignored_events_total`); a malformed event in a batch is skipped and counted so
-/// Twilio does not redeliver the batch forever.
+/// (counted in `ignored_events_total`); a malformed event in a batch is skipped and counted,
+/// because Event Streams discards a whole batch answered with a 4xx other than 429.
+///
+/// An inbound MMS arrives without media URLs: its media are listed through Twilio's REST API
+/// (`ListMedia`) and the envelope carries them as the SMS webhook's would. When that list
+/// cannot be had yet (Twilio 429/5xx, or not before the deadline) the batch is answered 503 and
+/// Event Streams redelivers it (it retries 5xx for up to four hours); events already published
+/// are not published again. The batch's events are published concurrently (events of one
+/// sender or conversation in order) and answered within Twilio's 5 s. Body cap:
+/// `TWILIO_EVENT_STREAMS_MAX_BODY_BYTES` (1 MiB by default).
 #[utoipa::path(
     post,
     path = "/webhooks/twilio/event-streams",
@@ -184,7 +248,7 @@ pub async fn status_webhook(
         (status = 403, description = "Missing or invalid X-Twilio-Signature or bodySHA256", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
-        (status = 503, description = "Neither the broker nor the outbox could take an event; Twilio retries the batch", body = ErrorBody),
+        (status = 503, description = "Neither the broker nor the outbox could take an event, or an MMS's media could not be listed yet; Twilio retries the batch", body = ErrorBody),
     )
 )]
 pub async fn event_streams_webhook(
@@ -192,19 +256,49 @@ pub async fn event_streams_webhook(
     payload: web::Payload,
     twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
-    handle(&twilio, "event_streams", async {
+    let twilio: &IngressContext = &twilio;
+    handle(twilio, Webhook::EventStreams, |deadline| async move {
         let body = twilio.verifier().json(&req, payload).await?;
-        event_streams::handle_batch(&twilio, &body).await
+        event_streams::handle_batch(twilio, &body, deadline).await
     })
     .await
+}
+
+/// An Event Streams webhook sink configured with method GET. Twilio lets a sink use GET but
+/// does not document where such a request carries the batch; this route takes it exactly as
+/// the POST route does (JSON body, signed through the URL's `bodySHA256`). Prefer POST.
+#[utoipa::path(
+    get,
+    path = "/webhooks/twilio/event-streams",
+    tag = "twilio",
+    params(
+        ("X-Twilio-Signature" = String, Header, description = "Twilio's HMAC-SHA1 signature of the URL (which carries bodySHA256)"),
+        ("bodySHA256" = String, Query, description = "Hex SHA-256 of the raw body", example = "0edc7438b14d9f155612f54e431e6fb6b78a7021c32ab3d44974685d008fc501"),
+    ),
+    request_body(content = Vec<event_streams::TwilioCloudEvent>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Batch accepted", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 400, description = "Body is not a JSON array of CloudEvent objects", body = ErrorBody),
+        (status = 403, description = "Missing or invalid X-Twilio-Signature or bodySHA256", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not application/json", body = ErrorBody),
+        (status = 503, description = "Neither the broker nor the outbox could take an event, or an MMS's media could not be listed yet; Twilio retries the batch", body = ErrorBody),
+    )
+)]
+pub async fn event_streams_webhook_get(
+    req: HttpRequest,
+    payload: web::Payload,
+    twilio: web::Data<IngressContext>,
+) -> Result<HttpResponse, ApiError> {
+    event_streams_webhook(req, payload, twilio).await
 }
 
 /// Inbound SMS, MMS and WhatsApp messages (Programmable Messaging "A message comes in").
 ///
 /// The signature is checked over `PUBLIC_BASE_URL` + path + query. A valid message becomes an
 /// `InternalEventV2` on `internal.ingress.v1` (or the durable outbox when the broker is away)
-/// before the answer is sent. A retry of the same MessageSid is answered 200 and not published
-/// again.
+/// before the answer is sent, within Twilio's 15 s. A retry of the same MessageSid is answered
+/// 200 and not published again.
 #[utoipa::path(
     post,
     path = "/webhooks/twilio/sms",
@@ -225,10 +319,38 @@ pub async fn sms_webhook(
     payload: web::Payload,
     twilio: web::Data<IngressContext>,
 ) -> Result<HttpResponse, ApiError> {
-    handle(&twilio, "sms", async {
-        let params = twilio.verifier().form(&req, payload).await?;
+    let twilio: &IngressContext = &twilio;
+    handle(twilio, Webhook::Sms, |deadline| async move {
+        let params = twilio.verifier().params(&req, payload).await?;
         let envelope = sms::inbound_message_envelope(&params, Utc::now())?;
-        publish_envelope(&twilio, &envelope).await
+        sms::remember_consent(twilio, &params).await;
+        publish_envelope(twilio, &envelope, deadline).await
     })
     .await
+}
+
+/// Inbound messages from a number or Messaging Service whose webhook is configured with method
+/// GET: the same fields as the POST form, in the query string; the signature covers the full
+/// URL.
+#[utoipa::path(
+    get,
+    path = "/webhooks/twilio/sms",
+    tag = "twilio",
+    params(
+        ("X-Twilio-Signature" = String, Header, description = "Twilio's HMAC-SHA1 signature of the full URL, query included"),
+        sms::InboundSmsForm,
+    ),
+    responses(
+        (status = 200, description = "Accepted; empty TwiML", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 400, description = "Malformed webhook", body = ErrorBody),
+        (status = 403, description = "Missing or invalid X-Twilio-Signature", body = ErrorBody),
+        (status = 503, description = "Neither the broker nor the outbox could take the event", body = ErrorBody),
+    )
+)]
+pub async fn sms_webhook_get(
+    req: HttpRequest,
+    payload: web::Payload,
+    twilio: web::Data<IngressContext>,
+) -> Result<HttpResponse, ApiError> {
+    sms_webhook(req, payload, twilio).await
 }

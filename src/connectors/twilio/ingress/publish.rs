@@ -1,10 +1,15 @@
 //! Publishing what a webhook carried and answering Twilio: at most once per message id within
-//! the dedupe window, 503 when neither the broker nor the outbox took it (so Twilio retries),
-//! and the metrics every webhook reports.
+//! the dedupe window, before the webhook's [`Deadline`], 503 when neither the broker nor the
+//! outbox took it, and the metrics every webhook reports.
 
 use actix_web::HttpResponse;
+use tokio::time::Instant;
 
-use super::{context::IngressContext, envelope::message_id};
+use super::{
+    context::IngressContext,
+    deadline::{Deadline, Webhook},
+    envelope::message_id,
+};
 use crate::{
     bus::BusMessage,
     connectors::twilio::shared::{CONNECTOR, INGRESS_SOURCE},
@@ -21,6 +26,7 @@ pub const EMPTY_TWIML: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Respon
 pub(crate) async fn publish_envelope(
     twilio: &IngressContext,
     envelope: &InternalEventV2,
+    deadline: Deadline,
 ) -> Result<WebhookOutcome, ApiError> {
     let message_sid = envelope
         .message
@@ -36,7 +42,7 @@ pub(crate) async fn publish_envelope(
         envelope,
     )
     .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
-    let delivery = publish_once(twilio, message).await?;
+    let delivery = publish_once(twilio, message, deadline).await?;
     tracing::info!(
         message_sid,
         correlation_id = %envelope.correlation_id,
@@ -46,15 +52,16 @@ pub(crate) async fn publish_envelope(
     Ok(WebhookOutcome::Delivered(delivery))
 }
 
-/// Publishes a webhook's event at most once per `message_id` within the dedupe window; when
-/// neither the broker nor the outbox takes it, answers 503 so Twilio retries.
+/// Publishes a webhook's event at most once per `message_id` within the dedupe window, in the
+/// broker or the outbox before `deadline`; when neither takes it, answers 503.
 pub(crate) async fn publish_once(
     twilio: &IngressContext,
     message: BusMessage,
+    deadline: Deadline,
 ) -> Result<Delivery, ApiError> {
     twilio
         .publisher()
-        .publish_once(message)
+        .publish_once_by(message, deadline.instant())
         .await
         .map_err(|error| {
             tracing::error!(%error, "webhook event not accepted");
@@ -68,24 +75,35 @@ pub(crate) enum WebhookOutcome {
     Delivered(Delivery),
     /// Valid but nothing to publish (e.g. an event type we do not use).
     Ignored,
+    /// A Conversations pre-event webhook (`onMessageAdd`, …): not used, and answered with the
+    /// empty body that lets the action proceed unchanged (pre-event webhooks read JSON, so
+    /// TwiML would be wrong there).
+    PreEvent,
 }
 
-/// Runs a webhook handler: measures it, counts its outcome and answers with empty TwiML.
-pub(crate) async fn handle(
+/// Runs a webhook handler: gives it its [`Deadline`], measures it, counts its outcome and
+/// answers with empty TwiML (an empty body for pre-events).
+pub(crate) async fn handle<F, W>(
     twilio: &IngressContext,
-    route: &'static str,
-    work: impl std::future::Future<Output = Result<WebhookOutcome, ApiError>>,
-) -> Result<HttpResponse, ApiError> {
+    webhook: Webhook,
+    work: W,
+) -> Result<HttpResponse, ApiError>
+where
+    W: FnOnce(Deadline) -> F,
+    F: std::future::Future<Output = Result<WebhookOutcome, ApiError>>,
+{
+    let deadline = Deadline::for_webhook(webhook, Instant::now());
+    let route = webhook.route();
     let metrics = twilio.metrics();
     let timer = metrics
         .webhook_duration
         .with_label_values(&[CONNECTOR, route])
         .start_timer();
-    let result = work.await;
+    let result = work(deadline).await;
     timer.observe_duration();
     let outcome = match &result {
         Ok(WebhookOutcome::Delivered(delivery)) => delivery.as_str(),
-        Ok(WebhookOutcome::Ignored) => "ignored",
+        Ok(WebhookOutcome::Ignored | WebhookOutcome::PreEvent) => "ignored",
         Err(ApiError::PayloadTooLarge { .. }) => "too_large",
         Err(error) => error.code(),
     };
@@ -94,6 +112,7 @@ pub(crate) async fn handle(
         .with_label_values(&[CONNECTOR, route, outcome])
         .inc();
     match result {
+        Ok(WebhookOutcome::PreEvent) => Ok(HttpResponse::Ok().finish()),
         Ok(_) => {
             twilio.record_inbound();
             Ok(HttpResponse::Ok()

@@ -132,14 +132,7 @@ fn port_variants(original: &str, parsed: &Url) -> (String, String) {
         None if !parsed.username().is_empty() => format!("{}@", parsed.username()),
         None => String::new(),
     };
-    let host = if parsed
-        .host()
-        .is_some_and(|h| matches!(h, url::Host::Ipv6(_)))
-    {
-        format!("[{host}]")
-    } else {
-        host.to_owned()
-    };
+    // `host_str` already brackets an IPv6 literal (`[2001:db8::1]`), as the URL must.
     let port = parsed.port_or_known_default().unwrap_or(80);
     (
         format!("{scheme}://{userinfo}{host}:{port}{rest}"),
@@ -193,6 +186,31 @@ mod tests {
         let (with, without) = port_variants(url, &Url::parse(url).unwrap());
         assert_eq!(with, "http://127.0.0.1:8080/hook");
         assert_eq!(without, "http://127.0.0.1/hook");
+    }
+
+    #[test]
+    fn an_ipv6_host_keeps_one_pair_of_brackets() {
+        let url = "https://[2001:db8::10]/hook?a=1";
+        let (with, without) = port_variants(url, &Url::parse(url).unwrap());
+        assert_eq!(with, "https://[2001:db8::10]:443/hook?a=1");
+        assert_eq!(without, url);
+        let url = "http://[::1]:8080/hook";
+        let (with, without) = port_variants(url, &Url::parse(url).unwrap());
+        assert_eq!(with, url);
+        assert_eq!(without, "http://[::1]/hook");
+
+        let p = params(&[("Body", "hi")]);
+        let signature = compute_signature("t", "https://[2001:db8::10]/hook", &p);
+        let validator = SignatureValidator::new(SecretString::from("t"), None);
+        for received in [
+            "https://[2001:db8::10]/hook",
+            "https://[2001:db8::10]:443/hook",
+        ] {
+            assert!(
+                validator.is_valid(received, SignedBody::Form(&p), &signature),
+                "{received}"
+            );
+        }
     }
 
     #[test]

@@ -3,21 +3,25 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Map;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::{envelope::InboundChat, webhook::FormParams};
+use super::{context::IngressContext, envelope::InboundChat, webhook::FormParams};
 use crate::{
-    connectors::twilio::address::messaging_channel_type,
+    connectors::twilio::{
+        address::messaging_channel_type,
+        opt_out::{senders_reached, Keyword},
+    },
     envelope::{InternalEventV2, Media},
     error::ApiError,
 };
 
 /// The most media Twilio attaches to one message.
-const MAX_MEDIA: usize = 10;
+pub(crate) const MAX_MEDIA: usize = 10;
 
 /// The fields Twilio posts for an incoming message (documentation of the form; the handler
 /// reads the parameters directly so unknown fields are kept in `rawPlatformPayload`).
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(rename_all = "PascalCase")]
 #[schema(example = json!({
     "MessageSid": "SM0123456789abcdef0123456789abcdef",
@@ -51,6 +55,26 @@ pub struct InboundSmsForm {
     pub profile_name: Option<String>,
     pub from_country: Option<String>,
     pub api_version: Option<String>,
+}
+
+/// An inbound STOP (or START) changes what egress may send to the sender: remember it for the
+/// number it reached and its Messaging Service. Best effort: Twilio enforces opt-outs anyway.
+pub(crate) async fn remember_consent(twilio: &IngressContext, params: &FormParams) {
+    let (Some(from), Some(to), Some(body)) = (
+        params.non_empty("From"),
+        params.non_empty("To"),
+        params.get("Body"),
+    ) else {
+        return;
+    };
+    let Some(keyword) = Keyword::of(body) else {
+        return;
+    };
+    let senders = senders_reached(to, params.non_empty("MessagingServiceSid"));
+    match twilio.opt_outs().apply(keyword, &senders, from).await {
+        Ok(()) => tracing::info!(?keyword, "recipient consent keyword remembered"),
+        Err(error) => tracing::warn!(%error, "consent keyword not remembered"),
+    }
 }
 
 /// Builds the envelope for an inbound message webhook.

@@ -13,12 +13,14 @@ use utoipa::ToSchema;
 
 use super::{
     context::IngressContext,
+    deadline::Deadline,
     publish::{publish_once, WebhookOutcome},
     webhook::FormParams,
 };
 use crate::{
     bus::BusMessage,
     connectors::twilio::shared::INGRESS_SOURCE,
+    egress::ledger::PartRecord,
     envelope::{stable_correlation_id, topics},
     error::ApiError,
 };
@@ -265,6 +267,7 @@ pub fn from_conversation_delivery(
 pub(crate) async fn publish_status(
     twilio: &IngressContext,
     event: &MessageStatusEvent,
+    deadline: Deadline,
 ) -> Result<WebhookOutcome, ApiError> {
     let message_id = event.dedupe_id();
     let correlation_id = event.correlation_id.clone().unwrap_or_else(|| {
@@ -279,7 +282,7 @@ pub(crate) async fn publish_status(
         event,
     )
     .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
-    let delivery = publish_once(twilio, message).await?;
+    let delivery = publish_once(twilio, message, deadline).await?;
     tracing::info!(
         message_sid = %event.message_sid,
         status = %event.status,
@@ -288,6 +291,25 @@ pub(crate) async fn publish_status(
         "status event accepted"
     );
     Ok(WebhookOutcome::Delivered(delivery))
+}
+
+/// A status callback of a part egress sent (its URL carries the part's ledger key) tells
+/// what the send created, even when the create's own answer was lost: record it, so a retry
+/// does not send the part again. Whatever the ledger already knows stays.
+pub(crate) async fn complete_ledger(twilio: &IngressContext, part_key: &str, message_sid: &str) {
+    let ledger = twilio.ledger();
+    match ledger.get(part_key).await {
+        Ok(Some(PartRecord::Sent { .. })) => {}
+        Ok(_) => {
+            if let Err(error) = ledger
+                .sent(part_key, message_sid, Some("status_callback"))
+                .await
+            {
+                tracing::warn!(%error, "status callback not recorded in the send ledger");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "send ledger unavailable for a status callback"),
+    }
 }
 
 #[cfg(test)]

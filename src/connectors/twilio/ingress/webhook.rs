@@ -1,9 +1,30 @@
 //! Reading a Twilio webhook request safely: cheap checks first (size, content type, presence of
-//! a signature), then the capped body, then the signature over the rebuilt public URL. Nothing
-//! is parsed beyond the form encoding until the signature holds.
+//! a signature), then the capped body within a deadline, then the signature over the rebuilt
+//! public URL. Nothing is parsed beyond the form encoding until the signature holds.
+//!
+//! Twilio's webhooks can be configured to use GET: the parameters then travel in the query
+//! string and the signature covers the full URL with no body parameters, as Twilio's helper
+//! libraries validate it.
+//!
+//! The signed URL is `PUBLIC_BASE_URL` + path and query. Without `PUBLIC_BASE_URL` it can only
+//! come from the request itself, which the client controls: the `Host` header, and the
+//! `Forwarded` / `X-Forwarded-*` headers only when `TRUST_FORWARDED_HEADERS` says a proxy we
+//! trust sets them. That is for local use (production requires `PUBLIC_BASE_URL`), and the
+//! first webhook says so in the log.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use actix_web::{
-    http::header::{CONTENT_LENGTH, CONTENT_TYPE},
+    http::{
+        header::{CONTENT_LENGTH, CONTENT_TYPE, HOST},
+        Method,
+    },
     web, HttpRequest,
 };
 use futures_util::StreamExt;
@@ -21,7 +42,16 @@ const JSON: &str = "application/json";
 pub struct WebhookVerifier {
     pub validator: SignatureValidator,
     pub public_base_url: Option<Url>,
+    /// Cap of form bodies.
     pub max_body_bytes: usize,
+    /// Cap of JSON bodies: Event Streams batches, which can be far larger than a form.
+    pub max_json_body_bytes: usize,
+    /// How long the body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Rebuild the signed URL from `Forwarded` / `X-Forwarded-*` (without `PUBLIC_BASE_URL`).
+    pub trust_forwarded_headers: bool,
+    /// Set until the first webhook has been warned about a missing `PUBLIC_BASE_URL`.
+    pub warn_unconfigured_url: Arc<AtomicBool>,
 }
 
 /// Decoded form parameters in body order (names may repeat).
@@ -92,25 +122,42 @@ impl FormParams {
 }
 
 impl WebhookVerifier {
+    /// Reads and verifies a webhook's parameters: the form body of a POST, or the query string
+    /// of a GET.
+    pub async fn params(
+        &self,
+        req: &HttpRequest,
+        payload: web::Payload,
+    ) -> Result<FormParams, ApiError> {
+        if req.method() == Method::GET {
+            self.query(req)
+        } else {
+            self.form(req, payload).await
+        }
+    }
+
     /// Reads and verifies a form-encoded webhook.
     pub async fn form(
         &self,
         req: &HttpRequest,
         payload: web::Payload,
     ) -> Result<FormParams, ApiError> {
-        let signature = self.precheck(req, FORM)?;
-        let body = self.read_body(req, payload).await?;
+        let signature = self.precheck(req, Some(FORM), self.max_body_bytes)?;
+        let body = self.read_body(req, payload, self.max_body_bytes).await?;
         let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
             .map_err(|e| ApiError::BadRequest(format!("body is not valid form encoding: {e}")))?;
-        let url = self.signed_url(req);
-        if !self
-            .validator
-            .is_valid(&url, SignedBody::Form(&params), &signature)
-        {
-            return Err(ApiError::BadSignature(
-                "X-Twilio-Signature does not match this request",
-            ));
-        }
+        self.check(req, SignedBody::Form(&params), &signature)?;
+        Ok(FormParams(params))
+    }
+
+    /// Verifies a GET webhook, whose parameters are its query string (any body is ignored,
+    /// as Twilio sends none).
+    pub fn query(&self, req: &HttpRequest) -> Result<FormParams, ApiError> {
+        let signature = self.precheck(req, None, self.max_body_bytes)?;
+        // Signed as Twilio's validators do for GET: the full URL, no body parameters.
+        self.check(req, SignedBody::Form(&[]), &signature)?;
+        let params: Vec<(String, String)> = serde_urlencoded::from_str(req.query_string())
+            .map_err(|e| ApiError::BadRequest(format!("query is not valid form encoding: {e}")))?;
         Ok(FormParams(params))
     }
 
@@ -120,44 +167,62 @@ impl WebhookVerifier {
         req: &HttpRequest,
         payload: web::Payload,
     ) -> Result<web::Bytes, ApiError> {
-        let signature = self.precheck(req, JSON)?;
-        let body = self.read_body(req, payload).await?;
-        let url = self.signed_url(req);
-        if !self
-            .validator
-            .is_valid(&url, SignedBody::Json(&body), &signature)
-        {
-            return Err(ApiError::BadSignature(
-                "X-Twilio-Signature or bodySHA256 does not match this request",
-            ));
-        }
+        let limit = self.max_json_body_bytes;
+        let signature = self.precheck(req, Some(JSON), limit)?;
+        let body = self.read_body(req, payload, limit).await?;
+        self.check(req, SignedBody::Json(&body), &signature)?;
         Ok(body)
     }
 
-    /// Size, content type and signature presence, before reading anything.
-    fn precheck(&self, req: &HttpRequest, expected_type: &'static str) -> Result<String, ApiError> {
+    /// The signature over the rebuilt URL and `body`, or 403.
+    fn check(
+        &self,
+        req: &HttpRequest,
+        body: SignedBody<'_>,
+        signature: &str,
+    ) -> Result<(), ApiError> {
+        if self
+            .validator
+            .is_valid(&self.signed_url(req), body, signature)
+        {
+            return Ok(());
+        }
+        Err(ApiError::BadSignature(match body {
+            SignedBody::Form(_) => "X-Twilio-Signature does not match this request",
+            SignedBody::Json(_) => "X-Twilio-Signature or bodySHA256 does not match this request",
+        }))
+    }
+
+    /// Size, content type (when a body is expected) and signature presence, before reading
+    /// anything.
+    fn precheck(
+        &self,
+        req: &HttpRequest,
+        expected_type: Option<&'static str>,
+        limit: usize,
+    ) -> Result<String, ApiError> {
         if let Some(length) = req
             .headers()
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok())
         {
-            if length > self.max_body_bytes {
-                return Err(ApiError::PayloadTooLarge {
-                    limit: self.max_body_bytes,
-                });
+            if length > limit {
+                return Err(ApiError::PayloadTooLarge { limit });
             }
         }
-        let content_type = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .map(|v| v.trim().to_ascii_lowercase());
-        if content_type.as_deref() != Some(expected_type) {
-            return Err(ApiError::UnsupportedMediaType {
-                expected: expected_type,
-            });
+        if let Some(expected_type) = expected_type {
+            let content_type = req
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(';').next())
+                .map(|v| v.trim().to_ascii_lowercase());
+            if content_type.as_deref() != Some(expected_type) {
+                return Err(ApiError::UnsupportedMediaType {
+                    expected: expected_type,
+                });
+            }
         }
         req.headers()
             .get(SIGNATURE_HEADER)
@@ -171,8 +236,8 @@ impl WebhookVerifier {
         &self,
         req: &HttpRequest,
         mut payload: web::Payload,
+        limit: usize,
     ) -> Result<web::Bytes, ApiError> {
-        let limit = self.max_body_bytes;
         let capacity = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -180,31 +245,54 @@ impl WebhookVerifier {
             .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(1024)
             .min(limit);
-        let mut body = web::BytesMut::with_capacity(capacity);
-        while let Some(chunk) = payload.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
-            if body.len() + chunk.len() > limit {
-                return Err(ApiError::PayloadTooLarge { limit });
+        let read = async {
+            let mut body = web::BytesMut::with_capacity(capacity);
+            while let Some(chunk) = payload.next().await {
+                let chunk =
+                    chunk.map_err(|e| ApiError::BadRequest(format!("cannot read body: {e}")))?;
+                if body.len() + chunk.len() > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
             }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body.freeze())
+            Ok(body.freeze())
+        };
+        // The signature covers the body, so nothing can be rejected before it has arrived:
+        // a deadline keeps a slow sender from holding the connection.
+        tokio::time::timeout(self.body_read_timeout, read)
+            .await
+            .map_err(|_| ApiError::RequestTimeout(self.body_read_timeout))?
     }
 
     /// The URL Twilio signed: `PUBLIC_BASE_URL` + the raw path and query, or, without it, the
-    /// scheme and host this request was addressed to (honouring `Forwarded`/`X-Forwarded-*`).
+    /// scheme and host this request was addressed to (see the module documentation).
     pub fn signed_url(&self, req: &HttpRequest) -> String {
         let path_and_query = req
             .uri()
             .path_and_query()
             .map_or_else(|| req.path(), |pq| pq.as_str());
-        match &self.public_base_url {
-            Some(base) => format!("{}{}", base.as_str().trim_end_matches('/'), path_and_query),
-            None => {
-                let info = req.connection_info();
-                format!("{}://{}{}", info.scheme(), info.host(), path_and_query)
-            }
+        if let Some(base) = &self.public_base_url {
+            return format!("{}{}", base.as_str().trim_end_matches('/'), path_and_query);
         }
+        if self.warn_unconfigured_url.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                trusted_forwarded_headers = self.trust_forwarded_headers,
+                "PUBLIC_BASE_URL is not set: webhook signatures are checked against the URL this \
+                 request names itself, which its sender controls. Set PUBLIC_BASE_URL to the URL \
+                 Twilio calls."
+            );
+        }
+        if self.trust_forwarded_headers {
+            let info = req.connection_info();
+            return format!("{}://{}{}", info.scheme(), info.host(), path_and_query);
+        }
+        let config = req.app_config();
+        let scheme = if config.secure() { "https" } else { "http" };
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| config.host());
+        format!("{scheme}://{host}{path_and_query}")
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tracing::Instrument;
 use url::Url;
 
 use super::error::{RestError, IDEMPOTENCY_HEADER};
@@ -35,6 +36,7 @@ pub struct TwilioRest {
     http: reqwest::Client,
     pub(super) api_base_url: Url,
     pub(super) conversations_base_url: Url,
+    pub(super) mcs_base_url: Url,
     /// `IS…`: scopes Conversations calls to this Conversation Service.
     pub(super) chat_service_sid: Option<String>,
     pub(super) account_sid: Option<String>,
@@ -75,6 +77,7 @@ impl TwilioRest {
             http,
             api_base_url: settings.api_base_url.clone(),
             conversations_base_url: settings.conversations_base_url.clone(),
+            mcs_base_url: settings.mcs_base_url.clone(),
             chat_service_sid: settings.chat_service_sid.clone(),
             account_sid: settings.account_sid.clone(),
             username,
@@ -90,13 +93,14 @@ impl TwilioRest {
         let username = self.username.as_deref().ok_or(RestError::NotConfigured(
             "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
         ))?;
+        let span = request_span("GET", &url);
         let request = self
             .http
             .get(url)
             .basic_auth(username, Some(self.password.expose_secret()))
             .header(reqwest::header::ACCEPT, "application/json")
             .query(query);
-        read_response(request).await
+        read_response(request).instrument(span).await
     }
 
     pub(super) async fn post_form(
@@ -108,6 +112,7 @@ impl TwilioRest {
         let username = self.username.as_deref().ok_or(RestError::NotConfigured(
             "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
         ))?;
+        let span = request_span("POST", &url);
         let mut request = self
             .http
             .post(url)
@@ -117,14 +122,38 @@ impl TwilioRest {
         if let Some(token) = idempotency_token {
             request = request.header(IDEMPOTENCY_HEADER, token);
         }
-        read_response(request).await
+        read_response(request).instrument(span).await
     }
+}
+
+/// The client span of one REST request. The path names only SIDs; the query (which can hold
+/// phone numbers) is left out.
+fn request_span(method: &'static str, url: &Url) -> tracing::Span {
+    tracing::info_span!(
+        "twilio.rest",
+        otel.kind = "client",
+        otel.name = %format!("{method} {}", url.path()),
+        otel.status_code = tracing::field::Empty,
+        http.request.method = method,
+        server.address = url.host_str().unwrap_or_default(),
+        url.path = url.path(),
+        http.response.status_code = tracing::field::Empty,
+    )
 }
 
 /// Sends `request`; a 2xx answer's JSON body, else the error.
 async fn read_response(request: reqwest::RequestBuilder) -> Result<Value, RestError> {
+    let result = send(request).await;
+    if result.is_err() {
+        tracing::Span::current().record("otel.status_code", "ERROR");
+    }
+    result
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Result<Value, RestError> {
     let response = request.send().await.map_err(|e| network_error(&e))?;
     let status = response.status();
+    tracing::Span::current().record("http.response.status_code", status.as_u16());
     let retry_after = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)

@@ -20,6 +20,8 @@ pub struct NewConversationMessage<'a> {
     pub body: Option<&'a str>,
     /// A media SID (`ME…`) from Twilio's Media Content Service.
     pub media_sid: Option<&'a str>,
+    /// A JSON object, as a string (`Attributes`).
+    pub attributes: Option<&'a str>,
     pub idempotency_token: &'a str,
 }
 
@@ -49,10 +51,31 @@ impl TwilioRest {
         if let Some(media_sid) = message.media_sid {
             form.push(("MediaSid", media_sid));
         }
+        if let Some(attributes) = message.attributes {
+            form.push(("Attributes", attributes));
+        }
         let json = self
             .post_form(url, &form, Some(message.idempotency_token))
             .await?;
         Ok(created(&json))
+    }
+
+    /// The conversation's newest messages, newest first (one page of `page_size`).
+    pub async fn list_conversation_messages(
+        &self,
+        conversation_sid: &str,
+        page_size: usize,
+    ) -> Result<Vec<Value>, RestError> {
+        let url = self.conversation_url(conversation_sid, "Messages");
+        let page_size = page_size.to_string();
+        let json = self
+            .get_json(url, &[("Order", "desc"), ("PageSize", &page_size)])
+            .await?;
+        Ok(json
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
     }
 
     /// Adds `identity` as a chat participant of the conversation. "Already a participant"

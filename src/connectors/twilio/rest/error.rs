@@ -10,6 +10,10 @@ pub const IDEMPOTENCY_HEADER: &str = "I-Twilio-Idempotency-Token";
 pub const ERROR_TOO_MANY_REQUESTS: u32 = 20429;
 /// The recipient replied STOP: Twilio refuses to message them.
 pub const ERROR_OPTED_OUT: u32 = 21610;
+/// The sender has too many messages queued at Twilio: slow down, it is not a refusal.
+pub const ERROR_QUEUE_FULL: u32 = 21611;
+/// The sender exceeded its message rate: slow down.
+pub const ERROR_RATE_EXCEEDED: u32 = 14107;
 /// Conversations: the identity is already a participant of the conversation.
 pub const ERROR_ALREADY_PARTICIPANT: u32 = 50433;
 
@@ -44,7 +48,16 @@ impl RestError {
     pub fn is_retryable(&self) -> bool {
         match self {
             RestError::Http { status, code, .. } => {
-                *status == 429 || *status >= 500 || *code == Some(ERROR_TOO_MANY_REQUESTS)
+                *status == 429
+                    || *status >= 500
+                    || code.is_some_and(|code| {
+                        [
+                            ERROR_TOO_MANY_REQUESTS,
+                            ERROR_QUEUE_FULL,
+                            ERROR_RATE_EXCEEDED,
+                        ]
+                        .contains(&code)
+                    })
             }
             RestError::ConnectFailed(_) | RestError::NoAnswer(_) => true,
             RestError::NotConfigured(_) => false,
@@ -117,6 +130,15 @@ mod tests {
         assert!(http(503, None).is_retryable());
         assert!(RestError::NoAnswer("reset".into()).is_retryable());
         assert!(RestError::ConnectFailed("refused".into()).is_retryable());
+        assert!(
+            http(400, Some(21611)).is_retryable(),
+            "queue full is back-pressure"
+        );
+        assert!(http(429, Some(14107)).is_retryable());
+        assert!(
+            !http(400, Some(21611)).is_ambiguous(),
+            "and nothing was created"
+        );
         for code in [21211, 21610, 21614, 21408, 20003] {
             assert!(!http(400, Some(code)).is_retryable(), "{code}");
         }

@@ -14,9 +14,11 @@ use chrono::Utc;
 use prometheus::IntCounterVec;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::client::ClientHandle;
 use super::conversations::MessageAdded;
+use crate::connectors::twilio::ingress::deadline::Deadline;
 use crate::{
     backoff::Backoff,
     connectors::twilio::ingress::{
@@ -82,14 +84,25 @@ pub async fn run(
     }
 }
 
+/// How long one socket message may take to be confirmed by the broker or outboxed; as long as
+/// the Conversations webhook is given.
+const PUBLISH_LIMIT: Duration = Duration::from_secs(4);
+
 /// Publishes one message the way the webhook would.
 pub async fn publish(ingress: &IngressContext, message: &MessageAdded) -> Outcome {
-    match on_message_added(ingress, &message.form(), Utc::now(), None).await {
+    let deadline = Deadline::within(PUBLISH_LIMIT);
+    // Each socket message starts its own trace, as each webhook request does.
+    let span = tracing::info_span!("twilio.socket.message", otel.kind = "consumer");
+    let published = on_message_added(ingress, &message.form(), Utc::now(), None, deadline)
+        .instrument(span)
+        .await;
+    match published {
         Ok(WebhookOutcome::Delivered(delivery)) => {
             ingress.record_inbound();
             Outcome::Accepted(delivery.as_str())
         }
-        Ok(WebhookOutcome::Ignored) => Outcome::Own,
+        // A pre-event answer is only given to onMessageAdd, never to a message already added.
+        Ok(WebhookOutcome::Ignored | WebhookOutcome::PreEvent) => Outcome::Own,
         Err(ApiError::Unavailable(_)) => Outcome::Retried,
         Err(error) => {
             tracing::error!(

@@ -1,19 +1,24 @@
-//! Logging setup: one JSON object per line for containers and Cloud Logging, or pretty output
-//! for people at a terminal.
+//! Log lines as Cloud Logging reads them: one JSON object per line for containers and Cloud
+//! Logging.
 //!
 //! The JSON shape follows Cloud Logging's structured-logging conventions, so Cloud Run turns each
-//! line into a log entry with the right severity and summary:
+//! line into a log entry with the right severity and summary, linked to its trace:
 //!
 //! ```json
 //! {"time":"2026-11-25T09:00:00.123456Z","severity":"INFO","message":"inbound message accepted",
 //!  "target":"ingress_egress::connectors::twilio::ingress","span":"HTTP request",
-//!  "request_id":"7c0b…","correlation_id":"4f1e…","delivery":"published"}
+//!  "request_id":"7c0b…","correlation_id":"4f1e…","delivery":"published",
+//!  "logging.googleapis.com/trace":"projects/my-project/traces/4bf92f3577b34da6a3ce929d0e0e4736",
+//!  "logging.googleapis.com/spanId":"00f067aa0ba902b7","logging.googleapis.com/trace_sampled":true}
 //! ```
 //!
 //! - `severity`: `DEBUG` (for TRACE and DEBUG), `INFO`, `WARNING` or `ERROR`.
 //! - `message`: the event's message; `time`: RFC 3339 in UTC (Cloud Logging's `time` field).
 //! - `request_id` (set by `tracing-actix-web` on every HTTP request span) and `correlation_id`
 //!   are copied from the enclosing spans when the event itself does not carry them.
+//! - Inside a traced span: with a Google Cloud project configured, the fields Cloud Logging
+//!   links to Cloud Trace (`logging.googleapis.com/trace` as `projects/<project>/traces/<id>`,
+//!   `…/spanId`, `…/trace_sampled`); without one, plain `trace_id` and `span_id`.
 //! - Every other field of the event is kept as a top-level key.
 //!
 //! What goes into log fields is decided where events are written: phone numbers and message
@@ -22,6 +27,7 @@
 use std::fmt;
 
 use chrono::{SecondsFormat, Utc};
+use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
 use tracing::{field::Field, Event, Level, Subscriber};
 use tracing_subscriber::{
@@ -30,41 +36,28 @@ use tracing_subscriber::{
         format::{JsonFields, Writer},
         FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
     },
-    layer::SubscriberExt,
     registry::LookupSpan,
-    util::SubscriberInitExt,
-    EnvFilter, Layer,
+    Layer,
 };
-
-use crate::configuration::LogFormat;
 
 /// Span fields copied onto every event logged inside the span.
 const SPAN_FIELDS: &[&str] = &["request_id", "correlation_id"];
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
-pub fn init(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},actix_server=warn,lapin=warn")));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry.with(json_layer(std::io::stdout)).try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
-            .try_init(),
-    };
-    // A second call (tests spawning several apps) keeps the first subscriber.
-    let _ = result;
-}
+/// The field Cloud Logging reads a log entry's trace from.
+pub const TRACE_FIELD: &str = "logging.googleapis.com/trace";
+const SPAN_ID_FIELD: &str = "logging.googleapis.com/spanId";
+const TRACE_SAMPLED_FIELD: &str = "logging.googleapis.com/trace_sampled";
 
-/// The JSON layer, writing one Cloud Logging line per event to `writer`.
-pub fn json_layer<S, W>(writer: W) -> impl Layer<S>
+/// The JSON layer, writing one Cloud Logging line per event to `writer`; with `gcp_project`,
+/// lines inside a trace link to it in Cloud Trace.
+pub fn json_layer<S, W>(writer: W, gcp_project: Option<String>) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     tracing_subscriber::fmt::layer()
         .fmt_fields(JsonFields::new())
-        .event_format(CloudLoggingJson)
+        .event_format(CloudLoggingJson { gcp_project })
         .with_writer(writer)
 }
 
@@ -83,8 +76,42 @@ pub fn severity(level: &Level) -> &'static str {
 /// Span fields are read from what the layer's field formatter stored, so use it with
 /// [`JsonFields`] (as [`json_layer`] does); with another field formatter only the event's own
 /// fields are shown.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CloudLoggingJson;
+#[derive(Clone, Debug, Default)]
+pub struct CloudLoggingJson {
+    /// The Google Cloud project traces are linked in (`projects/<project>/traces/<id>`).
+    pub gcp_project: Option<String>,
+}
+
+impl CloudLoggingJson {
+    /// The trace fields of a line written inside the current OpenTelemetry span, if any.
+    fn insert_trace(&self, line: &mut Map<String, Value>) {
+        let context = opentelemetry::Context::current();
+        let span = context.span();
+        let span_context = span.span_context();
+        if !span_context.is_valid() {
+            return;
+        }
+        let trace_id = span_context.trace_id().to_string();
+        let span_id = span_context.span_id().to_string();
+        match &self.gcp_project {
+            Some(project) => {
+                line.insert(
+                    TRACE_FIELD.into(),
+                    Value::String(format!("projects/{project}/traces/{trace_id}")),
+                );
+                line.insert(SPAN_ID_FIELD.into(), Value::String(span_id));
+                line.insert(
+                    TRACE_SAMPLED_FIELD.into(),
+                    Value::Bool(span_context.is_sampled()),
+                );
+            }
+            None => {
+                line.insert("trace_id".into(), Value::String(trace_id));
+                line.insert("span_id".into(), Value::String(span_id));
+            }
+        }
+    }
+}
 
 impl<S, N> FormatEvent<S, N> for CloudLoggingJson
 where
@@ -144,6 +171,7 @@ where
                 line.insert("span".into(), Value::String(name.to_owned()));
             }
         }
+        self.insert_trace(&mut line);
 
         for (key, value) in fields.values {
             if !matches!(key.as_str(), "time" | "severity" | "message") {
@@ -226,6 +254,10 @@ mod tests {
         sync::{Arc, Mutex},
     };
 
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_subscriber::{layer::SubscriberExt, EnvFilter};
+
     use super::*;
 
     /// A `MakeWriter` that appends to a shared buffer.
@@ -266,9 +298,65 @@ mod tests {
         let buffer = Buffer::default();
         let subscriber = tracing_subscriber::registry()
             .with(EnvFilter::new("trace"))
-            .with(json_layer(buffer.clone()));
+            .with(json_layer(buffer.clone(), None));
         tracing::subscriber::with_default(subscriber, body);
         buffer.lines()
+    }
+
+    /// Like [`capture`], with spans traced by OpenTelemetry.
+    fn capture_traced(gcp_project: Option<&str>, body: impl FnOnce()) -> Vec<Value> {
+        let buffer = Buffer::default();
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("trace"))
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
+            .with(json_layer(buffer.clone(), gcp_project.map(str::to_owned)));
+        tracing::subscriber::with_default(subscriber, body);
+        buffer.lines()
+    }
+
+    #[test]
+    fn lines_inside_a_trace_link_to_cloud_trace_on_google_cloud() {
+        let mut ids = None;
+        let lines = capture_traced(Some("my-project"), || {
+            tracing::info!("outside");
+            let span = tracing::info_span!("work");
+            let _entered = span.enter();
+            let context = opentelemetry::Context::current();
+            let current = context.span();
+            let span_context = current.span_context();
+            ids = Some((
+                span_context.trace_id().to_string(),
+                span_context.span_id().to_string(),
+            ));
+            tracing::info!("inside");
+        });
+        let (trace_id, span_id) = ids.unwrap();
+        assert!(
+            lines[0].get(TRACE_FIELD).is_none(),
+            "no trace outside spans"
+        );
+        assert_eq!(
+            lines[1][TRACE_FIELD],
+            format!("projects/my-project/traces/{trace_id}")
+        );
+        assert_eq!(lines[1][SPAN_ID_FIELD], span_id.as_str());
+        assert_eq!(lines[1][TRACE_SAMPLED_FIELD], true);
+        assert!(lines[1].get("trace_id").is_none());
+    }
+
+    #[test]
+    fn lines_inside_a_trace_carry_plain_ids_elsewhere() {
+        let lines = capture_traced(None, || {
+            let span = tracing::info_span!("work");
+            let _entered = span.enter();
+            tracing::info!("inside");
+        });
+        let trace_id = lines[0]["trace_id"].as_str().expect("trace_id");
+        assert_eq!(trace_id.len(), 32);
+        assert!(trace_id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(lines[0]["span_id"].as_str().unwrap().len(), 16);
+        assert!(lines[0].get(TRACE_FIELD).is_none());
     }
 
     #[test]

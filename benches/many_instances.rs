@@ -1,0 +1,300 @@
+//! Many replicas, as ratios against a baseline measured in the same run.
+//!
+//! 1. Ingress with Redis against without: the release binary receiving signed SMS webhooks from
+//!    `BENCH_CONCURRENCY` keep-alive connections (signature → dedupe → confirmed publish →
+//!    200), once with the in-process dedupe window and once with `REDIS_URL` (one `SET NX PX`
+//!    per webhook). Target: at least 0.85.
+//! 2. Egress with three instances against one: `BENCH_EVENTS` egress events to many
+//!    recipients from many senders (so no sender's rate is the limit), `EGRESS_PARTITIONS=6`,
+//!    delivered to a minimal Twilio stand-in in this process that answers every create at once;
+//!    the rate is measured at the stand-in from the first to the last create, after a warm-up
+//!    that lets the partitions spread over the instances. Target: at least 2.5 (which needs
+//!    cores for three instances: on a machine where every process shares two, the instances
+//!    compete for the same CPU).
+//!
+//! Run: `cargo bench --bench many_instances` (needs RabbitMQ at `AMQP_URL`, default
+//! 127.0.0.1:5672, and Redis at `REDIS_URL`, default 127.0.0.1:6379). Environment:
+//! `BENCH_MESSAGES` (default 5000), `BENCH_CONCURRENCY` (64), `BENCH_EVENTS` (3000).
+
+use std::{
+    collections::BTreeMap,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use lapin::{
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
+    BasicProperties, Connection, ConnectionProperties,
+};
+use support::{load, signed_sms_requests, wait_ready};
+
+#[path = "support/mod.rs"]
+mod support;
+
+const TOKEN: &str = "bench-auth-token";
+const PUBLIC_BASE_URL: &str = "https://bench.example.com";
+const PARTITIONS: usize = 6;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One process of the service with `vars`; killed on drop.
+struct Service {
+    address: String,
+    process: Child,
+    _outbox: tempfile::TempDir,
+}
+
+impl Service {
+    async fn start(vars: &BTreeMap<String, String>, instance: &str) -> Self {
+        let port = free_port();
+        let outbox = tempfile::tempdir().unwrap();
+        let process = Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
+            .envs(vars)
+            .env("PORT", port.to_string())
+            .env("INSTANCE_ID", instance)
+            .env("OUTBOX_DIR", outbox.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("service starts");
+        let address = format!("127.0.0.1:{port}");
+        wait_ready(&address).await;
+        Self {
+            address,
+            process,
+            _outbox: outbox,
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn base_vars(amqp: &str, name: &str) -> BTreeMap<String, String> {
+    [
+        ("AMQP_URL", amqp.to_owned()),
+        ("AMQP_EXCHANGE", name.to_owned()),
+        ("AMQP_EGRESS_QUEUE", format!("{name}.egress")),
+        ("TWILIO_AUTH_TOKEN", TOKEN.to_owned()),
+        ("PUBLIC_BASE_URL", PUBLIC_BASE_URL.to_owned()),
+        ("LOG_LEVEL", "warn".to_owned()),
+        ("LOG_FORMAT", "json".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let amqp = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    if Connection::connect(&amqp, ConnectionProperties::default())
+        .await
+        .is_err()
+    {
+        eprintln!("skipping benchmark: RabbitMQ not reachable at {amqp}");
+        return;
+    }
+    let messages = env_or("BENCH_MESSAGES", 5000);
+    let concurrency = env_or("BENCH_CONCURRENCY", 64);
+    let events = env_or("BENCH_EVENTS", 3000);
+
+    let without = ingress_rate(&amqp, None, messages, concurrency).await;
+    let with = ingress_rate(&amqp, Some(&redis), messages, concurrency).await;
+    println!("messages: {messages}, concurrency: {concurrency}");
+    println!("webhook -> confirmed publish, in-process dedupe: {without:>8.0} msg/s (baseline)");
+    println!("webhook -> confirmed publish, Redis dedupe:      {with:>8.0} msg/s");
+    println!("ratio with Redis: {:.2} (target >= 0.85)", with / without);
+
+    let one = egress_rate(&amqp, &redis, 1, events).await;
+    let three = egress_rate(&amqp, &redis, 3, events).await;
+    println!("egress events: {events}, partitions: {PARTITIONS}");
+    println!("egress, one instance:    {one:>8.0} sends/s (baseline)");
+    println!("egress, three instances: {three:>8.0} sends/s");
+    println!("ratio three to one: {:.2} (target >= 2.5)", three / one);
+}
+
+/// Webhooks per second through one instance, with the dedupe window on `redis` or in process.
+async fn ingress_rate(amqp: &str, redis: Option<&str>, messages: usize, concurrency: usize) -> f64 {
+    let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let mut vars = base_vars(amqp, &name);
+    if let Some(redis) = redis {
+        vars.insert("REDIS_URL".into(), redis.to_owned());
+        vars.insert("REDIS_KEY_PREFIX".into(), format!("{name}:"));
+    }
+    let service = Service::start(&vars, &name).await;
+    let webhooks = signed_sms_requests(&service.address, TOKEN, PUBLIC_BASE_URL, 0..messages);
+    let rate = load(&service.address, webhooks, concurrency).await;
+    drop(service);
+    cleanup(amqp, &name, &[]).await;
+    rate
+}
+
+/// A Twilio stand-in that creates every message at once and records when.
+async fn stand_in() -> (String, Arc<Mutex<Vec<Instant>>>) {
+    let created: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let recorded = created.clone();
+    let port = free_port();
+    let server = HttpServer::new(move || {
+        let created = recorded.clone();
+        App::new().default_service(web::to(move |request: actix_web::HttpRequest| {
+            let created = created.clone();
+            async move {
+                if request.method() != actix_web::http::Method::POST {
+                    return HttpResponse::Ok().json(serde_json::json!({"messages": []}));
+                }
+                created.lock().unwrap().push(Instant::now());
+                HttpResponse::Created().json(serde_json::json!({
+                    "sid": format!("SM{}", uuid::Uuid::new_v4().simple()),
+                    "status": "queued",
+                }))
+            }
+        }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(("127.0.0.1", port))
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    (format!("http://127.0.0.1:{port}"), created)
+}
+
+/// Sends per second of `instances` instances delivering `events` events (after a warm-up).
+async fn egress_rate(amqp: &str, redis: &str, instances: usize, events: usize) -> f64 {
+    let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let (twilio, created) = stand_in().await;
+    let mut vars = base_vars(amqp, &name);
+    for (key, value) in [
+        ("REDIS_URL", redis.to_owned()),
+        ("REDIS_KEY_PREFIX", format!("{name}:")),
+        ("EGRESS_PARTITIONS", PARTITIONS.to_string()),
+        ("AMQP_PREFETCH", "16".to_owned()),
+        ("TWILIO_ACCOUNT_SID", format!("AC{}", "0".repeat(32))),
+        ("TWILIO_API_BASE_URL", twilio.clone()),
+        ("TWILIO_CONVERSATIONS_BASE_URL", twilio.clone()),
+        ("TWILIO_PHONE_NUMBER", "+15005550006".to_owned()),
+        ("TWILIO_MAX_SEND_RATE", "50".to_owned()),
+    ] {
+        vars.insert(key.to_owned(), value);
+    }
+    let mut services = Vec::new();
+    for index in 0..instances {
+        services.push(Service::start(&vars, &format!("{name}-{index}")).await);
+    }
+    let connection = Connection::connect(amqp, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let publish = |count: usize, offset: usize| {
+        let channel = channel.clone();
+        let name = name.clone();
+        async move {
+            for i in offset..offset + count {
+                let to = format!("+1415{:07}", i % 1000);
+                let from = format!("+1500{:07}", i % 200);
+                let event = serde_json::json!({
+                    "v": "2", "correlationId": uuid::Uuid::new_v4().to_string(),
+                    "type": "chat.message.v1",
+                    "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "bench", "connector": "twilio", "channel": to},
+                    "identity": {"external": {"id": to, "platform": "twilio"}},
+                    "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat",
+                               "channel": to, "metadata": {"twilio": {"from": from}}},
+                    "routing": {"stage": "s", "slip": [], "history": []},
+                    "message": {"id": format!("m{i}"), "role": "assistant", "text": format!("reply {i}")}
+                });
+                channel
+                    .basic_publish(
+                        name.as_str().into(),
+                        "internal.egress.v1".into(),
+                        BasicPublishOptions::default(),
+                        &serde_json::to_vec(&event).unwrap(),
+                        BasicProperties::default()
+                            .with_delivery_mode(2)
+                            .with_message_id(format!("bench:{i}").into()),
+                    )
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let wait_for = |count: usize| {
+        let created = created.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while created.lock().unwrap().len() < count && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Warm-up: every partition gets traffic, so the instances learn which they serve and
+    // spread them.
+    let warm_up = events / 3;
+    for round in 0..3 {
+        publish(warm_up / 3, round * warm_up / 3).await;
+        wait_for((round + 1) * (warm_up / 3)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    let before = created.lock().unwrap().len();
+    publish(events, warm_up).await;
+    wait_for(before + events).await;
+    let times = created.lock().unwrap()[before..].to_vec();
+    let rate = times.len() as f64 / (times[times.len() - 1] - times[0]).as_secs_f64();
+    drop(services);
+    let _ = connection.close(200, "done".into()).await;
+    let mut queues: Vec<String> = (0..PARTITIONS)
+        .map(|i| format!("{name}.egress.p{i}"))
+        .collect();
+    queues.push(format!("{name}.egress.instances"));
+    cleanup(amqp, &name, &queues).await;
+    rate
+}
+
+/// Deletes a run's exchange, egress queue and `extra` queues.
+async fn cleanup(amqp: &str, name: &str, extra: &[String]) {
+    let Ok(connection) = Connection::connect(amqp, ConnectionProperties::default()).await else {
+        return;
+    };
+    if let Ok(channel) = connection.create_channel().await {
+        let egress = format!("{name}.egress");
+        for queue in extra.iter().chain(std::iter::once(&egress)) {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        let _ = channel
+            .exchange_delete(
+                name.into(),
+                lapin::options::ExchangeDeleteOptions::default(),
+            )
+            .await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}

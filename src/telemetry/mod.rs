@@ -1,0 +1,121 @@
+//! Logs and traces.
+//!
+//! Logs: one JSON object per line for containers and Cloud Logging ([`cloud_logging`]), or
+//! pretty output for people at a terminal, filtered by `LOG_LEVEL` (`RUST_LOG` overrides).
+//!
+//! Traces: the service's `tracing` spans (the HTTP request, `publish`, `egress.consume`,
+//! `egress.send` and each connector's REST call) become OpenTelemetry spans through
+//! [`span_layer`]. They always have W3C trace ids, so the trace travels with every message
+//! ([`trace_context`]) and log lines name it, whether or not spans are exported; they are
+//! exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Spans are recorded at
+//! `info` whatever `LOG_LEVEL` says: quieter logs do not cut the trace.
+
+pub mod cloud_logging;
+pub mod http_errors;
+pub mod request_span;
+pub mod trace_context;
+
+use opentelemetry::{trace::TracerProvider as _, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::{trace::SdkTracerProvider, Resource};
+use tracing::{level_filters::LevelFilter, Subscriber};
+use tracing_subscriber::{
+    filter::Targets, layer::SubscriberExt, registry::LookupSpan, util::SubscriberInitExt,
+    EnvFilter, Layer,
+};
+
+pub use cloud_logging::{json_layer, severity, CloudLoggingJson};
+
+use crate::configuration::{LogFormat, TelemetrySettings};
+
+/// The instrumentation scope of the service's spans.
+const TRACER_NAME: &str = "ingress-egress";
+
+/// The span exporter could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: OTEL_EXPORTER_OTLP_ENDPOINT: cannot export traces there: {0}")]
+pub struct TelemetryError(String);
+
+/// Keeps span export running; dropping it exports what is still buffered and stops.
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("trace export did not shut down cleanly: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber: logs as `settings` say, spans traced (and exported when an
+/// endpoint is configured). Call it outside any async runtime: the exporter runs on a thread
+/// of its own. A second call keeps the first subscriber.
+pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
+    let provider = tracer_provider(settings)?;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{},actix_server=warn,lapin=warn",
+            settings.log_level
+        ))
+    });
+    let registry = tracing_subscriber::registry().with(span_layer(&provider));
+    let result = match settings.log_format {
+        LogFormat::Json => registry
+            .with(
+                json_layer(std::io::stdout, settings.gcp_project.clone())
+                    .with_filter(http_errors::WithoutHttpLayerErrors)
+                    .with_filter(filter),
+            )
+            // Last: it logs from inside another event, which must be through every layer first.
+            .with(http_errors::DemotedHttpErrors)
+            .try_init(),
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_target(false)
+                    .with_filter(http_errors::WithoutHttpLayerErrors)
+                    .with_filter(filter),
+            )
+            .with(http_errors::DemotedHttpErrors)
+            .try_init(),
+    };
+    // A second call (tests spawning several apps) keeps the first subscriber.
+    let _ = result;
+    Ok(TelemetryGuard { provider })
+}
+
+/// The tracer provider `settings` ask for: OTLP/HTTP export in batches when an endpoint is set,
+/// none otherwise (spans still get ids, so trace context is carried).
+pub fn tracer_provider(settings: &TelemetrySettings) -> Result<SdkTracerProvider, TelemetryError> {
+    let resource = Resource::builder()
+        .with_service_name(settings.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if let Some(endpoint) = &settings.otlp_traces_endpoint {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .with_endpoint(endpoint.as_str())
+            .build()
+            .map_err(|error| TelemetryError(error.to_string()))?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    Ok(builder.build())
+}
+
+/// The layer that turns the service's `tracing` spans (at `info` and above) into OpenTelemetry
+/// spans of `provider`, whatever the log level.
+pub fn span_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let spans = Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
+        .with_default(LevelFilter::WARN);
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(TRACER_NAME))
+        .with_filter(spans)
+}
