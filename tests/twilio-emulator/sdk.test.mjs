@@ -505,3 +505,25 @@ test('10. tokens Twilio would refuse are refused at init with its error codes', 
   assert.equal(state.sessions.length, 0);
   assert.equal(state.inits, cases.length);
 });
+
+test('11. a conversation closed on the server shows as closed, and leave() removes the bot', { timeout: CASE_TIMEOUT }, async (t) => {
+  const emu = await startEmulator(t);
+  const conv = await smsConversation(emu);
+  const client = await startClient(emu);
+  const conversation = await openMessages(emu, client, conv.sid);
+  assert.equal(conversation.state.current, 'active');
+
+  const closedAt = '2025-01-02T03:04:05.000Z';
+  const updated = waitForEvent(client, 'conversationUpdated',
+    ({ conversation: c, updateReasons }) => c.sid === conv.sid && updateReasons.includes('state'));
+  await emu.ok('POST', `/conversations/${conv.sid}/state`, { state: 'closed', dateUpdated: closedAt });
+  await updated;
+  assert.equal(conversation.state.current, 'closed');
+  assert.equal(conversation.state.dateUpdated.getTime(), new Date(closedAt).getTime());
+
+  const left = waitForEvent(client, 'conversationLeft', (c) => c.sid === conv.sid);
+  await conversation.leave();
+  await left;
+  const view = await emu.ok('GET', `/conversations/${conv.sid}`);
+  assert.deepEqual(view.participants.map((p) => p.identity), [null]);
+});

@@ -235,7 +235,7 @@ async fn own_messages_are_not_republished_and_keys_resolve() {
         .send_message(
             &conversation,
             "hi from the bot",
-            &json!({"origin": "ingress-egress", "key": key}),
+            &json!({"origin": "ingress-egress", "key": key}).to_string(),
         )
         .await
         .expect("send over the socket");
@@ -526,7 +526,7 @@ async fn upstream_429s_are_retried() {
         .send_message(
             &conversation,
             "after 429",
-            &json!({"origin": "ingress-egress", "key": "k:0"}),
+            &json!({"origin": "ingress-egress", "key": "k:0"}).to_string(),
         )
         .await
         .expect("sent after retry");

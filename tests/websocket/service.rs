@@ -695,6 +695,51 @@ async fn with_both_transports_each_message_is_published_once() {
     );
 }
 
+/// An app whose replies to conversations go over the socket; REST points nowhere, so only
+/// the socket can deliver them.
+async fn socket_egress_app(url: &str, emulator: &Emulator, exchange: &str) -> TestApp {
+    socket_app(
+        url,
+        emulator,
+        exchange,
+        "websocket",
+        &[
+            ("TWILIO_EGRESS_TRANSPORT", "websocket"),
+            ("TWILIO_CONVERSATIONS_BASE_URL", "http://127.0.0.1:9"),
+            ("TWILIO_MAX_SEND_RATE", "100"),
+        ],
+    )
+    .await
+}
+
+/// An egress event replying `text` in `conversation`.
+fn reply_in(conversation: &str, text: &str) -> Value {
+    json!({
+        "v": "2",
+        "correlationId": uuid::Uuid::new_v4().to_string(),
+        "type": "chat.message.v1",
+        "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "ingress.twilio", "connector": "twilio", "channel": conversation},
+        "identity": {"external": {"id": SMS_USER, "platform": "twilio"}},
+        "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat", "channel": conversation},
+        "routing": {"stage": "responded", "slip": [], "history": []},
+        "message": {"id": "bot-reply-1", "role": "assistant", "text": text}
+    })
+}
+
+/// The one message the bot posted, checked to carry the origin and the part's key.
+async fn the_bots_only_message(emulator: &Emulator, conversation: &str) -> Value {
+    let stored = emulator.messages(conversation).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let posted = stored[0].clone();
+    assert_eq!(posted["author"], BOT);
+    let attributes: Value = serde_json::from_str(posted["attributes"].as_str().unwrap()).unwrap();
+    assert_eq!(attributes["origin"], "ingress-egress");
+    assert!(attributes["key"]
+        .as_str()
+        .is_some_and(|key| !key.is_empty()));
+    posted
+}
+
 #[tokio::test]
 async fn replies_to_conversations_are_posted_over_the_socket() {
     let url = require_broker!();
@@ -703,46 +748,57 @@ async fn replies_to_conversations_are_posted_over_the_socket() {
     let exchange = new_exchange();
     let mut ingress_tap = BusTap::bind(&url, &exchange, INGRESS).await;
     let mut status_tap = BusTap::bind(&url, &exchange, "internal.egress.status.v1").await;
-    // REST points nowhere: only the socket can deliver this reply.
-    let _app = socket_app(
-        &url,
-        &emulator,
-        &exchange,
-        "websocket",
-        &[
-            ("TWILIO_EGRESS_TRANSPORT", "websocket"),
-            ("TWILIO_CONVERSATIONS_BASE_URL", "http://127.0.0.1:9"),
-            ("TWILIO_MAX_SEND_RATE", "100"),
-        ],
-    )
-    .await;
-    let reply = json!({
-        "v": "2",
-        "correlationId": uuid::Uuid::new_v4().to_string(),
-        "type": "chat.message.v1",
-        "ingress": {"ingressAt": "2026-01-01T00:00:00Z", "source": "ingress.twilio", "connector": "twilio", "channel": conversation},
-        "identity": {"external": {"id": SMS_USER, "platform": "twilio"}},
-        "egress": {"destination": "internal.egress.v1", "connector": "twilio", "type": "chat", "channel": conversation},
-        "routing": {"stage": "responded", "slip": [], "history": []},
-        "message": {"id": "bot-reply-1", "role": "assistant", "text": "Your order ships today."}
-    });
+    let _app = socket_egress_app(&url, &emulator, &exchange).await;
+    let reply = reply_in(&conversation, "Your order ships today.");
     publish(&url, &exchange, "internal.egress.v1", "reply-1", &reply).await;
 
     let (_, status) = status_tap.next_json().await;
     assert_eq!(status["status"], "sent", "{status}");
-    let stored = emulator.messages(&conversation).await;
-    assert_eq!(stored.len(), 1, "{stored:?}");
-    let posted = &stored[0];
-    assert_eq!(posted["author"], BOT);
+    let posted = the_bots_only_message(&emulator, &conversation).await;
     assert_eq!(posted["body"], "Your order ships today.");
     assert_eq!(status["providerSid"], posted["sid"]);
-    let attributes: Value = serde_json::from_str(posted["attributes"].as_str().unwrap()).unwrap();
-    assert_eq!(attributes["origin"], "ingress-egress");
-    assert!(attributes["key"]
-        .as_str()
-        .is_some_and(|key| !key.is_empty()));
     // The bot's reply is not published back as an inbound message.
     nothing_more(&mut ingress_tap).await;
+}
+
+#[tokio::test]
+async fn a_reply_whose_answer_was_lost_is_found_not_posted_twice() {
+    let url = require_broker!();
+    let emulator = Emulator::start(&[]).await;
+    let conversation = emulator.joined_conversation().await;
+    let exchange = new_exchange();
+    let mut status_tap = BusTap::bind(&url, &exchange, "internal.egress.status.v1").await;
+    let app = socket_egress_app(&url, &emulator, &exchange).await;
+    // Twilio creates the message, but the socket drops before its answer arrives.
+    emulator
+        .post(
+            "/faults",
+            json!({"lostReplies": 1, "match": format!("/Conversations/{conversation}/Messages")}),
+        )
+        .await;
+    let reply = reply_in(&conversation, "Posted once, whatever happens.");
+    publish(&url, &exchange, "internal.egress.v1", "reply-lost", &reply).await;
+
+    let (_, status) = status_tap.next_json().await;
+    assert_eq!(status["status"], "sent", "{status}");
+    assert_eq!(status["attempts"], 2, "{status}");
+    // Found through the socket by the part's key, not posted again.
+    assert_eq!(
+        status["partDetails"][0]["resolvedBy"], "attributes",
+        "{status}"
+    );
+    let posted = the_bots_only_message(&emulator, &conversation).await;
+    assert_eq!(status["providerSid"], posted["sid"]);
+    let state = emulator.state().await;
+    assert_eq!(state["pendingFaults"], 0);
+    assert_eq!(
+        Emulator::upstream_count(
+            &state,
+            &format!("POST aim.us1.twilio.com/Client/v2/Conversations/{conversation}/Messages")
+        ),
+        1
+    );
+    assert!(reconnects(&app).await >= 1);
 }
 
 #[tokio::test]
@@ -792,4 +848,66 @@ async fn publish(url: &str, exchange: &str, routing_key: &str, message_id: &str,
         .await
         .unwrap();
     let _ = connection.close(200, "published".into()).await;
+}
+
+#[tokio::test]
+async fn closed_conversations_are_left_to_make_room_when_the_policy_is_on() {
+    let url = require_broker!();
+    let emulator = Emulator::start(&[("EMULATOR_PARTICIPANT_LIMIT", "2")]).await;
+    let closed = emulator.joined_conversation().await;
+    let recently_closed = emulator.joined_conversation().await;
+    let old = (chrono::Utc::now() - chrono::Duration::days(10)).to_rfc3339();
+    let recent = (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339();
+    for (sid, at) in [(&closed, &old), (&recently_closed, &recent)] {
+        emulator
+            .post(
+                &format!("/conversations/{sid}/state"),
+                json!({"state": "closed", "dateUpdated": at}),
+            )
+            .await;
+    }
+    let invited = emulator.conversation().await;
+    emulator.add_sms_participant(&invited, SMS_USER).await;
+    emulator.invite(&invited, BOT).await;
+    let exchange = new_exchange();
+    let mut tap = BusTap::bind(&url, &exchange, INGRESS).await;
+    let app = socket_app(
+        &url,
+        &emulator,
+        &exchange,
+        "websocket",
+        &[("TWILIO_LEAVE_CLOSED_AFTER_DAYS", "7")],
+    )
+    .await;
+
+    // The conversation closed ten days ago is left; the one closed yesterday is kept; the
+    // invitation that found the identity at its cap is joined in the freed place.
+    let socket = until(&app, "left and joined", |socket| {
+        conversation_entry(socket, &closed).is_null()
+            && conversation_entry(socket, &invited)["status"] == "joined"
+    })
+    .await;
+    assert_eq!(
+        conversation_entry(&socket, &recently_closed)["status"],
+        "joined"
+    );
+    assert_eq!(socket["counters"]["leaves"], 1);
+    assert!(socket["participantLimitReached"].is_null(), "{socket}");
+    let (_, details) = emulator
+        .call("GET", &format!("/conversations/{closed}"), None)
+        .await;
+    assert!(!details["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["identity"] == BOT));
+    until(&app, "the invitation synced", |socket| {
+        conversation_entry(socket, &invited)["catchingUp"] == false
+    })
+    .await;
+    let (sid, _) = emulator
+        .message(&invited, SMS_USER, "now there is room")
+        .await;
+    assert_eq!(next_envelope(&mut tap).await.0, format!("twilio:{sid}"));
+    nothing_more(&mut tap).await;
 }

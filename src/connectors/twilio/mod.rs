@@ -32,7 +32,7 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::{
-    configuration::ConfigError,
+    configuration::{parse::redact_url, ConfigError},
     connectors::{Connector, ConnectorContext, LinkReadiness},
     egress::sink::EgressSink,
     metrics::Metrics,
@@ -161,6 +161,10 @@ impl TwilioConnector {
         json!({
             "ingress": settings.transport.as_str(),
             "egress": settings.egress_transport.as_str(),
+            "twilsockUrl": redact_url(settings.socket.twilsock_url.as_str()),
+            "region": settings.socket.region,
+            "tokenTtlSeconds": settings.socket.token_ttl.as_secs(),
+            "leaveClosedAfterDays": settings.socket.leave_closed_after_days,
             "socket": socket,
         })
     }

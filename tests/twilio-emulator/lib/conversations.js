@@ -75,6 +75,7 @@ class ConversationsService {
       participants: new Map(),
       messages: [],
       lastMessage: null,
+      state: { current: 'active', dateUpdated: now },
     };
     const isParticipant = (who) => !!this.participantByIdentity(conv, who);
     const canSee = (who) => isParticipant(who) || this.user(who).invited.has(sid);
@@ -93,6 +94,16 @@ class ConversationsService {
     return conv;
   }
 
+  /** Moves the conversation to `current` (active, inactive, closed) as of `dateUpdated`; the
+   * conversation document's subscribers get a `document_updated`. */
+  setState(conv, current, dateUpdated = isoNow()) {
+    if (!['active', 'inactive', 'closed'].includes(current)) {
+      throw new TwilioError(400, 50003, 'State must be active, inactive or closed');
+    }
+    conv.state = { current, dateUpdated };
+    conv.doc.setData(this.documentData(conv));
+  }
+
   documentData(conv) {
     const d = {
       messages: conv.messagesList.uniqueName,
@@ -103,7 +114,7 @@ class ConversationsService {
       createdBy: conv.createdBy,
       dateCreated: conv.dateCreated,
       dateUpdated: conv.dateUpdated,
-      state: { current: 'active', dateUpdated: conv.dateCreated },
+      state: { ...conv.state },
       bindings: {},
     };
     if (conv.lastMessage) d.lastMessage = conv.lastMessage;
@@ -367,7 +378,7 @@ class ConversationsService {
       chat_service_sid: this.config.chatServiceSid,
       participant_sid: p ? p.sid : null,
       status: this.statusOf(conv, identity),
-      conversation_state: 'active',
+      conversation_state: conv.state.current,
       sync_objects: {
         conversation: conv.doc.uniqueName,
         messages: conv.messagesList.uniqueName,
@@ -398,7 +409,7 @@ class ConversationsService {
       date_created: conv.dateCreated,
       date_updated: conv.dateUpdated,
       created_by: conv.createdBy,
-      state: 'active',
+      state: conv.state.current,
       participants_count: conv.participants.size,
       messages_count: conv.messages.length,
       sync_objects: {

@@ -95,6 +95,16 @@ function makeHarness({ conversations, twilsock, store }) {
         : { address: b.address, proxyAddress: b.proxyAddress ?? null, attributes: b.attributes });
       return [201, { sid: p.sid }];
     }],
+    ['POST', /^\/conversations\/([^/]+)\/state$/, async (req, [sid]) => {
+      const b = await readJson(req);
+      if (typeof b.state !== 'string') throw new HttpError(400, 'state is required');
+      if (b.dateUpdated !== undefined && Number.isNaN(Date.parse(b.dateUpdated))) {
+        throw new HttpError(400, 'dateUpdated must be an ISO 8601 date');
+      }
+      const conv = conversations.get(sid);
+      conversations.setState(conv, b.state, b.dateUpdated);
+      return [200, { sid: conv.sid, state: conv.state }];
+    }],
     ['POST', /^\/conversations\/([^/]+)\/invite$/, async (req, [sid]) => {
       const b = await readJson(req);
       if (!b.identity) throw new HttpError(400, 'identity is required');
@@ -132,10 +142,13 @@ function makeHarness({ conversations, twilsock, store }) {
     }],
     ['POST', /^\/faults$/, async (req) => {
       const b = await readJson(req);
-      const n = b.upstream429;
-      if (!Number.isInteger(n) || n < 0) throw new HttpError(400, 'upstream429 must be a non-negative integer');
       if (b.match !== undefined && typeof b.match !== 'string') throw new HttpError(400, 'match must be a string');
-      twilsock.addFault(n, b.match);
+      const kinds = [['upstream429', '429'], ['lostReplies', 'lostReply']].filter(([field]) => b[field] !== undefined);
+      if (kinds.length !== 1) throw new HttpError(400, 'give one of upstream429 or lostReplies');
+      const [[field, kind]] = kinds;
+      const n = b[field];
+      if (!Number.isInteger(n) || n < 0) throw new HttpError(400, `${field} must be a non-negative integer`);
+      twilsock.addFault(n, b.match, kind);
       return [200, { pendingFaults: twilsock.state().pendingFaults }];
     }],
     ['GET', /^\/state$/, async () => [200, { ...twilsock.state(), conversations: conversations.conversations.size }]],

@@ -235,10 +235,10 @@ class Connection {
 
     let result;
     this.held = [];
+    const fault = this.server.takeFault(key);
     try {
-      const fault = this.server.takeFault(key);
-      if (fault) {
-        result = fault;
+      if (fault && fault.kind === '429') {
+        result = fault.reply;
       } else if (req.host.startsWith('aim.')) {
         result = this.server.conversations.handleAim(this.identity, req);
       } else if (req.host.startsWith('cds.')) {
@@ -256,6 +256,13 @@ class Connection {
     }
     const held = this.held;
     this.held = null;
+    if (fault && fault.kind === 'lostReply') {
+      // Carried out, but the client never hears back: the socket goes before the reply.
+      // The events it caused stay in the Sync log and are replayed on re-subscription.
+      this.log('lost reply for', key);
+      this.ws.terminate();
+      return;
+    }
     const replyHeader = {
       method: 'reply',
       id: header.id,
@@ -366,20 +373,26 @@ class TwilsockServer {
     return all.length;
   }
 
-  addFault(count, match) {
-    if (count > 0) this.faults.push({ remaining: count, match: match || null });
+  // kind '429': answered 429/20429 without being carried out; 'lostReply': carried out, then
+  // the socket is terminated instead of replying.
+  addFault(count, match, kind = '429') {
+    if (count > 0) this.faults.push({ remaining: count, match: match || null, kind });
   }
 
-  // An injected 429 for this request, if one is pending.
+  // The fault pending for this request, if any: `{kind, reply?}`.
   takeFault(key) {
     const f = this.faults.find((x) => x.remaining > 0 && (!x.match || key.includes(x.match)));
     if (!f) return null;
     f.remaining -= 1;
     this.faults = this.faults.filter((x) => x.remaining > 0);
+    if (f.kind === 'lostReply') return { kind: 'lostReply' };
     return {
-      status: 429,
-      headers: { 'Retry-After': '1' },
-      body: { status: 429, code: 20429, message: 'Too Many Requests', more_info: 'https://www.twilio.com/docs/errors/20429' },
+      kind: '429',
+      reply: {
+        status: 429,
+        headers: { 'Retry-After': '1' },
+        body: { status: 429, code: 20429, message: 'Too Many Requests', more_info: 'https://www.twilio.com/docs/errors/20429' },
+      },
     };
   }
 

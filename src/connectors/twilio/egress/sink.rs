@@ -253,13 +253,13 @@ impl TwilioSink {
         let result = match &target {
             Address::Conversation(conversation_sid) => {
                 let (body, media_sid) = Self::conversation_content(&part);
+                let attributes = Self::conversation_attributes(&part);
                 #[cfg(feature = "websocket")]
                 if let (Some(socket), None) = (&self.socket, media_sid) {
                     return socket
-                        .send(conversation_sid, body.as_deref(), part.idempotency_token)
+                        .send(conversation_sid, body.as_deref(), &attributes)
                         .await;
                 }
-                let attributes = Self::conversation_attributes(&part);
                 self.rest
                     .create_conversation_message(&NewConversationMessage {
                         conversation_sid,
@@ -321,6 +321,13 @@ impl TwilioSink {
         let target = Address::parse(part.target)
             .map_err(|error| refusal("invalid_target", error.to_string()))?;
         if let Address::Conversation(conversation_sid) = &target {
+            // The socket sees the same messages (REST-posted ones carry the key too).
+            #[cfg(feature = "websocket")]
+            if let Some(socket) = &self.socket {
+                return socket
+                    .resolve(conversation_sid, part.idempotency_token)
+                    .await;
+            }
             let listed = self
                 .rest
                 .list_conversation_messages(conversation_sid, CONVERSATION_LOOKUP)

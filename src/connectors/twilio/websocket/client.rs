@@ -166,13 +166,13 @@ impl ClientHandle {
         }
     }
 
-    /// Posts a message (joining first if needed). `attributes` should carry
+    /// Posts a message (joining first if needed). `attributes` (JSON text) should carry
     /// `{"origin":"ingress-egress","key":…}` so an ambiguous attempt can be resolved.
     pub async fn send_message(
         &self,
         conversation_sid: &str,
         body: &str,
-        attributes: &Value,
+        attributes: &str,
     ) -> Result<SentMessage, ClientError> {
         let configuration = self.configuration().await?;
         let joined = matches!(

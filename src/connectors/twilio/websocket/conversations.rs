@@ -328,15 +328,16 @@ impl ConversationsApi {
     }
 
     /// Creates a message; never repeated automatically once it may have reached the server.
+    /// `attributes` is JSON text, as Twilio stores it.
     pub async fn send_message(
         &self,
         config: &Configuration,
         conversation_sid: &str,
         body: &str,
-        attributes: &Value,
+        attributes: &str,
     ) -> Result<SentMessage, ConversationsError> {
         let url = config.conversations_url(&[conversation_sid, "Messages"])?;
-        let payload = json!({ "body": body, "attributes": attributes.to_string() });
+        let payload = json!({ "body": body, "attributes": attributes });
         let request = Request::mutation("POST", url, Some(&payload));
         let reply: Value = self.upstream.json(&request).await?;
         let sid = reply.get("sid").and_then(Value::as_str);

@@ -35,8 +35,10 @@ use super::sync::{
 };
 use super::upstream::UpstreamError;
 
-/// Message SIDs remembered per conversation to drop repeats.
-const RECENT_SIDS: usize = 256;
+/// Message SIDs remembered per conversation to drop repeats. Indexes already drop replays,
+/// and the publisher drops a `message_id` it took moments ago; this only guards against an
+/// item seen again under another index. Kept small: it is held for every conversation.
+const RECENT_SIDS: usize = 32;
 
 enum Internal {
     Opened {

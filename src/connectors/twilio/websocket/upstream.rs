@@ -98,14 +98,14 @@ pub struct Request {
 
 impl Request {
     pub fn get(url: Url) -> Self {
-        Self {
-            method: "GET",
+        Self::with(
+            "GET",
             url,
-            params: Vec::new(),
-            headers: Map::new(),
-            body: None,
-            repeat: Repeat::Safe,
-        }
+            Map::new(),
+            None,
+            "application/json",
+            Repeat::Safe,
+        )
     }
 
     /// A JSON mutation to aim, with a mutation id the server can use to spot repeats.
@@ -115,24 +115,14 @@ impl Request {
             "X-Twilio-Mutation-Id".into(),
             Value::String(uuid::Uuid::new_v4().to_string()),
         );
-        let body = body.map(|body| {
-            headers.insert(
-                "Content-Type".into(),
-                Value::String("application/json; charset=utf-8".into()),
-            );
-            (
-                "application/json; charset=utf-8".to_owned(),
-                body.to_string().into_bytes(),
-            )
-        });
-        Self {
+        Self::with(
             method,
             url,
-            params: Vec::new(),
             headers,
             body,
-            repeat: Repeat::OnlyIfRefused,
-        }
+            "application/json; charset=utf-8",
+            Repeat::OnlyIfRefused,
+        )
     }
 
     /// A Sync (cds) request, with the headers the Sync client sends.
@@ -149,12 +139,21 @@ impl Request {
             "Twilio-Request-Id".into(),
             Value::String(format!("RQ{}", uuid::Uuid::new_v4().simple())),
         );
+        Self::with(method, url, headers, body, "application/json", Repeat::Safe)
+    }
+
+    /// A request whose JSON `body`, when there is one, is sent as `content_type`.
+    fn with(
+        method: &'static str,
+        url: Url,
+        mut headers: Map<String, Value>,
+        body: Option<&Value>,
+        content_type: &str,
+        repeat: Repeat,
+    ) -> Self {
         let body = body.map(|body| {
-            headers.insert(
-                "Content-Type".into(),
-                Value::String("application/json".into()),
-            );
-            ("application/json".to_owned(), body.to_string().into_bytes())
+            headers.insert("Content-Type".into(), Value::String(content_type.into()));
+            (content_type.to_owned(), body.to_string().into_bytes())
         });
         Self {
             method,
@@ -162,7 +161,7 @@ impl Request {
             params: Vec::new(),
             headers,
             body,
-            repeat: Repeat::Safe,
+            repeat,
         }
     }
 
