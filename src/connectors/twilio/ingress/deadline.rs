@@ -52,13 +52,6 @@ impl Deadline {
         Self(arrived + webhook.twilio_timeout().saturating_sub(ANSWER_MARGIN))
     }
 
-    /// A deadline `limit` from now, for work no webhook sender waits on (the Conversations
-    /// socket): it bounds the broker's confirm the same way, then the outbox takes over.
-    #[cfg(feature = "websocket")]
-    pub(crate) fn within(limit: Duration) -> Self {
-        Self(Instant::now() + limit)
-    }
-
     pub(crate) fn instant(self) -> Instant {
         self.0
     }

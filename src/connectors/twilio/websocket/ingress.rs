@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use super::client::ClientHandle;
 use super::conversations::MessageAdded;
-use crate::connectors::twilio::ingress::deadline::Deadline;
+use crate::connectors::twilio::ingress::deadline::{Deadline, Webhook};
 use crate::{
     backoff::Backoff,
     connectors::twilio::ingress::{
@@ -84,13 +84,11 @@ pub async fn run(
     }
 }
 
-/// How long one socket message may take to be confirmed by the broker or outboxed; as long as
-/// the Conversations webhook is given.
-const PUBLISH_LIMIT: Duration = Duration::from_secs(4);
-
 /// Publishes one message the way the webhook would.
 pub async fn publish(ingress: &IngressContext, message: &MessageAdded) -> Outcome {
-    let deadline = Deadline::within(PUBLISH_LIMIT);
+    // The Conversations webhook's own budget: the broker's confirm is bounded the same way,
+    // then the outbox takes the message.
+    let deadline = Deadline::for_webhook(Webhook::Conversations, tokio::time::Instant::now());
     // Each socket message starts its own trace, as each webhook request does.
     let span = tracing::info_span!("twilio.socket.message", otel.kind = "consumer");
     let published = on_message_added(ingress, &message.form(), Utc::now(), None, deadline)
