@@ -54,12 +54,7 @@ impl Drop for TelemetryGuard {
 /// of its own. A second call keeps the first subscriber.
 pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider(settings)?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "{},actix_server=warn,lapin=warn",
-            settings.log_level
-        ))
-    });
+    let filter = log_filter(&settings.log_level);
     let registry = tracing_subscriber::registry().with(span_layer(&provider));
     let result = match settings.log_format {
         LogFormat::Json => registry
@@ -84,6 +79,23 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
     // A second call (tests spawning several apps) keeps the first subscriber.
     let _ = result;
     Ok(TelemetryGuard { provider })
+}
+
+/// Crates that write whole protocol messages at `debug` and `trace`: a twilsock frame carries
+/// the access token and the session's continuation token. They are capped at `info` whatever
+/// `LOG_LEVEL` or `RUST_LOG` say, so that no level puts a secret in the logs.
+const CRATES_LOGGING_PAYLOADS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// `RUST_LOG` if set, else `log_level` with the chatty network crates quieter; either way
+/// [`CRATES_LOGGING_PAYLOADS`] stay at `info`.
+fn log_filter(log_level: &str) -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{log_level},actix_server=warn,lapin=warn")));
+    CRATES_LOGGING_PAYLOADS
+        .iter()
+        .fold(filter, |filter, krate| {
+            filter.add_directive(format!("{krate}=info").parse().expect("a valid directive"))
+        })
 }
 
 /// The tracer provider `settings` ask for: OTLP/HTTP export in batches when an endpoint is set,

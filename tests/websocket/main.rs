@@ -4,7 +4,8 @@
 //! - [`session`]: the connection against a scripted twilsock server (what the emulator cannot
 //!   provoke);
 //! - [`client`]: the client on its own against the emulator;
-//! - [`service`]: the whole service, emulator and a real RabbitMQ.
+//! - [`service`]: the whole service, emulator and a real RabbitMQ;
+//! - [`logs`]: the real binary through a whole session, its output checked for secrets.
 //!
 //! Run: `npm ci` in `tests/twilio-emulator` once, then
 //! `cargo test --features websocket --test websocket` (RabbitMQ at 127.0.0.1:5672, as for the
@@ -17,5 +18,6 @@ mod helpers;
 
 mod client;
 mod emulator;
+mod logs;
 mod service;
 mod session;

@@ -308,6 +308,24 @@ async fn connects_syncs_and_publishes_history_then_live_messages_once() {
     );
     assert_eq!(series("twilio_socket_participant_limit_reached"), Some(0.0));
     assert!(series("twilio_socket_token_expires_at_seconds").unwrap() > 1.7e9);
+    // What the shipped dashboard and alerts read of the socket is exported.
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let mut watched = 0;
+    for file in ["grafana/ingress-egress.json", "prometheus/alerts.yaml"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        for (at, _) in text.match_indices("ingress_egress_twilio_socket_") {
+            let name: String = text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                metrics.contains(&format!("# TYPE {name} ")),
+                "deploy/{file} reads {name}, which /metrics does not export"
+            );
+            watched += 1;
+        }
+    }
+    assert!(watched >= 6, "the dashboard and alerts watch the socket");
 
     // The checkpoint is on disk under OUTBOX_DIR/websocket/.
     let file = app.outbox_dir.join("websocket/checkpoints.json");
@@ -824,7 +842,7 @@ async fn missing_socket_credentials_stop_start_up_naming_the_variable() {
 }
 
 /// Publishes `body` with confirms, as an upstream service would.
-async fn publish(url: &str, exchange: &str, routing_key: &str, message_id: &str, body: &Value) {
+pub async fn publish(url: &str, exchange: &str, routing_key: &str, message_id: &str, body: &Value) {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .unwrap();
