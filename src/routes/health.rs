@@ -28,6 +28,7 @@ pub struct Readiness {
     #[schema(example = "ok")]
     pub broker_confirms: &'static str,
     /// Whether the egress consumer is consuming (absent when egress is not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub egress_consumer: Option<bool>,
     pub outbox_depth: usize,
     /// The shared state store (`REDIS_URL`): `up` or `down`; absent without one. Not a
@@ -35,6 +36,7 @@ pub struct Readiness {
     /// pauses until it is back, so taking the instance out of service would only refuse
     /// webhooks.
     #[schema(example = "up")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<&'static str>,
     /// Each connector's own link (e.g. a platform WebSocket), when it holds one; the service
     /// is not ready while one is down. Absent when no connector holds a link.

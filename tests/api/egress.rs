@@ -110,6 +110,8 @@ async fn an_sms_reply_becomes_one_conformant_twilio_message_and_a_sent_status() 
     let mut rig = Rig::start(&url, &[]).await;
     let readiness: Value = rig.app.get("/readyz").await.json().await.unwrap();
     assert_eq!(readiness["egressConsumer"], true, "{readiness}");
+    // Without REDIS_URL the shared store is absent, not `null`.
+    assert!(readiness.get("redis").is_none(), "{readiness}");
 
     let event = reply_to("+14155550100", "Hello from the bot");
     rig.publisher.publish(&event).await;
