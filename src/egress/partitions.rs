@@ -12,6 +12,11 @@
 //! how many instances there are from a roll call: every instance consumes one more queue,
 //! `<AMQP_EGRESS_QUEUE>.instances`, where nothing is ever published, and its consumer count is
 //! the number of instances (a queue with a single active consumer reports only the active one).
+//!
+//! The instance that routes moves every event once more (consume, copy, confirm, ack): about a
+//! fifth of a send's CPU. Serving a full share on top would make it the slowest instance and
+//! cap the whole group at its pace, so it keeps one partition less than the fair share and the
+//! others make up for it ([`share`]).
 
 use std::{sync::Arc, time::Duration};
 
@@ -71,7 +76,9 @@ pub(super) fn start(
         .collect();
     let mut flags = vec![shared.consuming.clone()];
     flags.extend(partitions.iter().map(|p| p.probe.consuming.clone()));
+    let router_active = ReadyFlag::default();
     let router = Router {
+        routing: router_active.clone(),
         bus: amqp,
         input: subscription_spec(settings),
         partitions: partitions.iter().map(|p| p.spec.clone()).collect(),
@@ -104,7 +111,12 @@ pub(super) fn start(
     let instances = metrics.egress_instances.clone();
     let task = tokio::spawn(async move {
         let routing = tokio::spawn(router.run(shutdown.clone()));
-        let balancing = tokio::spawn(balance(partitions, instances, shutdown.clone()));
+        let balancing = tokio::spawn(balance(
+            partitions,
+            instances,
+            router_active,
+            shutdown.clone(),
+        ));
         for consumer_loop in loops {
             let _ = consumer_loop.await;
         }
@@ -157,6 +169,7 @@ async fn consume(
 async fn balance(
     partitions: Vec<Arc<Partition>>,
     instances: prometheus::IntGauge,
+    routing: ReadyFlag,
     shutdown: CancellationToken,
 ) {
     let mut every = tokio::time::interval(BALANCE_INTERVAL);
@@ -175,7 +188,8 @@ async fn balance(
                     .is_some_and(|gauge| gauge.get() == 1)
             })
             .collect();
-        let excess = excess(partitions.len(), instances.max(1) as usize, active.len());
+        let keep = share(partitions.len(), instances.max(1) as usize, routing.get());
+        let excess = active.len().saturating_sub(keep);
         for partition in active.into_iter().rev().take(excess) {
             if let Some(active) = &partition.probe.active {
                 active.set(0);
@@ -186,23 +200,69 @@ async fn balance(
     }
 }
 
-/// How many of the `active` partitions (of `partitions`) to hand over when `instances`
-/// share them.
-fn excess(partitions: usize, instances: usize, active: usize) -> usize {
-    active.saturating_sub(partitions.div_ceil(instances.max(1)))
+/// How many of `partitions` an instance serves at most when `instances` share them: the fair
+/// share (rounded up), one less for the instance that also routes (when there is another to
+/// take it), and enough more for the others that together they can still hold every partition.
+fn share(partitions: usize, instances: usize, routing: bool) -> usize {
+    let instances = instances.max(1);
+    let fair = partitions.div_ceil(instances);
+    if instances == 1 {
+        return partitions;
+    }
+    let router = fair.saturating_sub(1);
+    if routing {
+        router
+    } else {
+        (partitions - router).div_ceil(instances - 1)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::excess;
+    use super::share;
 
     #[test]
     fn an_instance_keeps_at_most_its_fair_share() {
-        assert_eq!(excess(6, 3, 6), 4);
-        assert_eq!(excess(6, 3, 4), 2);
-        assert_eq!(excess(6, 3, 2), 0);
-        assert_eq!(excess(4, 3, 4), 2);
-        assert_eq!(excess(4, 1, 4), 0, "alone, it serves everything");
-        assert_eq!(excess(8, 0, 8), 0, "no count sampled yet");
+        assert_eq!(share(6, 2, false), 4);
+        assert_eq!(share(4, 3, false), 2);
+        assert_eq!(share(12, 3, false), 5);
+        assert_eq!(share(4, 1, false), 4, "alone, it serves everything");
+        assert_eq!(
+            share(4, 1, true),
+            4,
+            "alone, it routes and serves everything"
+        );
+        assert_eq!(share(8, 0, false), 8, "no count sampled yet");
+    }
+
+    #[test]
+    fn the_routing_instance_keeps_one_less_and_the_others_make_up_for_it() {
+        assert_eq!((share(6, 3, true), share(6, 3, false)), (1, 3));
+        assert_eq!((share(6, 2, true), share(6, 2, false)), (2, 4));
+        assert_eq!((share(12, 3, true), share(12, 3, false)), (3, 5));
+        assert_eq!((share(2, 3, true), share(2, 3, false)), (0, 1));
+    }
+
+    #[test]
+    fn together_the_instances_can_always_hold_every_partition() {
+        for partitions in 1..=64 {
+            for instances in 1..=10 {
+                let routing = share(partitions, instances, true);
+                let others = share(partitions, instances, false);
+                let total = if instances == 1 {
+                    routing
+                } else {
+                    routing + (instances - 1) * others
+                };
+                assert!(
+                    total >= partitions,
+                    "{partitions} over {instances}: {total}"
+                );
+                assert!(
+                    others <= partitions.div_ceil(instances) + 1,
+                    "{partitions} over {instances}: {others}"
+                );
+            }
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! `invalid_json`, `missing_egress`, `invalid_envelope`, `unknown_connector`, `no_text`,
 //! `invalid_target`.
 
-use std::cmp::Ordering;
+use std::{borrow::Cow, cmp::Ordering};
 
 use serde_json::Value;
 
@@ -187,9 +187,53 @@ fn recipient(event: &InternalEventV2) -> Option<String> {
 /// The recipient of an egress event as raw bytes, before it is consumed: what egress
 /// partitions are chosen by (every event for one recipient lands in one partition). `None`
 /// when the event cannot be read; its consumer dead-letters it wherever it lands.
+///
+/// The router runs this for every event of every instance, so it reads only the three fields
+/// [`recipient`] looks at, borrowed from the body, and skips the rest.
 pub fn partition_key(body: &[u8]) -> Option<String> {
-    let event: InternalEventV2 = serde_json::from_slice(body).ok()?;
-    recipient(&event)
+    let view: RecipientView = serde_json::from_slice(body).ok()?;
+    if view.egress.kind == "dm" {
+        non_blank(Some(&view.identity.external.id))
+    } else {
+        non_blank(view.egress.channel.as_deref()).or_else(|| non_blank(Some(&view.ingress.channel)))
+    }
+}
+
+/// What [`recipient`] reads of an event (field names as in [`InternalEventV2`]).
+#[derive(serde::Deserialize)]
+struct RecipientView<'a> {
+    #[serde(borrow)]
+    ingress: ChannelView<'a>,
+    #[serde(borrow)]
+    identity: IdentityView<'a>,
+    #[serde(borrow)]
+    egress: EgressView<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct ChannelView<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+}
+
+#[derive(serde::Deserialize)]
+struct IdentityView<'a> {
+    #[serde(borrow)]
+    external: IdView<'a>,
+}
+
+#[derive(serde::Deserialize)]
+struct IdView<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+}
+
+#[derive(serde::Deserialize)]
+struct EgressView<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    channel: Option<Cow<'a, str>>,
 }
 
 /// The `selected` candidate; else the best `proposed` one: lowest priority, then highest
@@ -447,5 +491,26 @@ mod tests {
         let mut e = event(json!({}));
         e.as_object_mut().unwrap().remove("identity");
         assert_eq!(reason(&serde_json::to_vec(&e).unwrap()), "invalid_envelope");
+    }
+
+    #[test]
+    fn the_partition_key_is_the_recipient_the_consumer_reads() {
+        let cases = [
+            event(json!({})),
+            event(json!({"egress": {"channel": "CH00000000000000000000000000000001"}})),
+            event(json!({"egress": {"channel": "  "}})),
+            event(json!({"egress": {"type": "dm"}})),
+            event(
+                json!({"egress": {"type": "dm"}, "identity": {"external": {"id": "whatsapp:+1é"}}}),
+            ),
+            event(json!({"ingress": {"channel": "+1415\"5550100"}})),
+        ];
+        for case in cases {
+            let body = serde_json::to_vec(&case).unwrap();
+            let full: InternalEventV2 = serde_json::from_slice(&body).unwrap();
+            assert_eq!(partition_key(&body), recipient(&full), "{case}");
+        }
+        assert_eq!(partition_key(b"not json"), None);
+        assert_eq!(partition_key(br#"{"egress": {}}"#), None);
     }
 }

@@ -35,6 +35,7 @@ use super::{topology::declare_queue, AmqpBus, Link};
 use crate::{
     backoff::Backoff,
     bus::delivery::{SubscriptionProbe, SubscriptionSpec},
+    readiness::ReadyFlag,
 };
 
 /// Chooses the partition (`0..partitions`) of a message from its body.
@@ -55,6 +56,9 @@ pub struct Router {
     pub partition_of: PartitionFn,
     /// `consuming` follows the router's consumer; `queue_depth` the shared queue's depth.
     pub probe: SubscriptionProbe,
+    /// Up while this instance is the active router (the shared queue delivers to it; the
+    /// others wait in line), so partition balancing can count the routing as work.
+    pub routing: ReadyFlag,
 }
 
 enum Ended {
@@ -77,6 +81,7 @@ impl Router {
             };
             let ended = self.route(&link, &mut links, &stop).await;
             self.probe.consuming.set(false);
+            self.routing.set(false);
             match ended {
                 Ok(Ended::Stopped) => return,
                 Ok(Ended::LinkLost) => {
@@ -170,6 +175,7 @@ impl Router {
                 }
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
+                        self.routing.set(true);
                         let partition = (self.partition_of)(&delivery.data) % lanes.len();
                         // A closed lane means its worker ended; the join above handles it.
                         let _ = lanes[partition].send(delivery);
