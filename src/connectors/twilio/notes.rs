@@ -27,6 +27,8 @@ pub fn startup_notes(
                 url: u.url,
             })
             .collect(),
+        // Without webhooks (the socket alone) Twilio need not reach this machine.
+        None if settings.transport == Transport::Websocket => Vec::new(),
         None => {
             missing.push(format!(
                 "PUBLIC_BASE_URL is not set, so Twilio cannot reach this machine: start a \
@@ -87,4 +89,57 @@ fn transport(settings: &TwilioSettings) -> String {
         EgressTransport::Websocket => "the REST API (the WebSocket for Conversations)",
     };
     format!("{inbound} in, replies through {replies}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::configuration::{AppEnv, Environment};
+
+    fn settings() -> TwilioSettings {
+        TwilioSettings::from_environment(
+            &Environment::from_pairs([
+                ("TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000001"),
+                ("TWILIO_AUTH_TOKEN", "0123456789abcdef0123456789abcdef"),
+            ]),
+            AppEnv::Development,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn without_a_public_url_webhooks_need_one_and_the_socket_alone_does_not() {
+        let webhooks = startup_notes(&settings(), None, 8080);
+        assert_eq!(
+            webhooks.transport,
+            "webhooks in, replies through the REST API"
+        );
+        assert!(webhooks.configure.is_empty());
+        assert!(
+            webhooks.missing[0].starts_with("PUBLIC_BASE_URL is not set")
+                && webhooks.missing[0].contains("ngrok http 8080"),
+            "{:?}",
+            webhooks.missing
+        );
+
+        let mut socket = settings();
+        socket.transport = Transport::Websocket;
+        socket.egress_transport = EgressTransport::Websocket;
+        let notes = startup_notes(&socket, None, 8080);
+        assert_eq!(
+            notes.transport,
+            "the Conversations WebSocket in, replies through the REST API (the WebSocket for \
+             Conversations)"
+        );
+        assert!(
+            !notes.missing.iter().any(|m| m.contains("PUBLIC_BASE_URL")),
+            "{:?}",
+            notes.missing
+        );
+
+        let base = Url::parse("https://abc123.ngrok.app").unwrap();
+        let pasted = startup_notes(&settings(), Some(&base), 8080);
+        assert_eq!(pasted.configure.len(), console_urls(&base).len());
+        assert!(!pasted.missing.iter().any(|m| m.contains("PUBLIC_BASE_URL")));
+    }
 }

@@ -296,9 +296,8 @@ impl WebhookVerifier {
         if self.warn_unconfigured_url.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 trusted_forwarded_headers = self.trust_forwarded_headers,
-                "PUBLIC_BASE_URL is not set: webhook signatures are checked against the URL this \
-                 request names itself, which its sender controls. Set PUBLIC_BASE_URL to the URL \
-                 Twilio calls."
+                "PUBLIC_BASE_URL is not set: signatures are checked against the URL the request \
+                 names (its sender chooses it)"
             );
         }
         if self.trust_forwarded_headers {
