@@ -49,7 +49,10 @@ if command -v rabbitmqctl >/dev/null 2>&1 && [ "$AMQP_URL" = "amqp://guest:guest
 else
   echo "(no local rabbitmqctl: exchange smoke-$$ and queue smoke-$$.egress stay on the broker)"
 fi
-binary="$PWD/target/release/ingress-egress"
+# Where cargo put it: CARGO_TARGET_DIR (absolute, or relative to here) or ./target.
+target_dir="${CARGO_TARGET_DIR:-target}"
+case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
+binary="$target_dir/release/ingress-egress"
 service=""
 cleanup() {
   if [ -n "$service" ]; then kill "$service" 2>/dev/null || true; fi
