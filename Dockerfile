@@ -16,14 +16,15 @@
 
 ARG RUST_VERSION=1
 
-# ---- build --------------------------------------------------------------------------------
-FROM rust:${RUST_VERSION}-bookworm AS builder
+# ---- dependencies -------------------------------------------------------------------------
+# Every crate the service depends on, compiled against placeholder sources: this stage changes
+# only when Cargo.toml or Cargo.lock do. cloudbuild.yaml builds and pushes it on its own
+# (`--target=deps`, tag `deps`) and passes it to the next build as `--cache-from`, so a source
+# change recompiles the service alone. The image builds only the library and the binary, so the
+# manifest's [[test]], [[bench]] and [[example]] targets are dropped (their files are not in the
+# build context; the lock file does not depend on them).
+FROM rust:${RUST_VERSION}-bookworm AS deps
 WORKDIR /build
-
-# Dependencies first, against placeholder sources: this layer is rebuilt only when
-# Cargo.toml or Cargo.lock change, not on every source edit. The image builds only the library
-# and the binary, so the manifest's [[test]], [[bench]] and [[example]] targets are dropped (their
-# files are not in the build context; the lock file does not depend on them).
 COPY Cargo.toml Cargo.lock ./
 RUN awk '/^\[\[(test|bench|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !skip' \
         Cargo.toml > Cargo.image.toml \
@@ -38,7 +39,9 @@ RUN awk '/^\[\[(test|bench|example)\]\]/ { skip = 1; next } /^\[/ { skip = 0 } !
         target/release/deps/libingress_egress-* \
         target/release/.fingerprint/ingress-egress-*
 
+# ---- build --------------------------------------------------------------------------------
 # The service itself. Touch the sources so cargo never mistakes them for the placeholders.
+FROM deps AS builder
 # openapi/ holds the AsyncAPI document and its schemas, compiled in (src/routes/event_contract.rs).
 COPY openapi/asyncapi.yaml openapi/*.schema.json ./openapi/
 COPY src ./src

@@ -23,23 +23,42 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Ready for traffic: the broker connection is up and confirming publishes, and, when egress
-    /// runs, its consumer is consuming.
+    /// Ready for traffic: the broker connection is up and confirming publishes, when egress
+    /// runs its consumer is consuming, and every link a connector holds is up.
     pub fn is_ready(&self) -> bool {
-        self.bus.is_ready()
-            && !self.publisher.confirms_stalled()
-            && self
-                .egress_consuming
-                .as_ref()
-                .is_none_or(|consuming| consuming.get())
-            && self
-                .connectors
-                .iter()
-                .filter_map(|connector| connector.readiness())
-                .all(|link| link.ready)
+        self.not_ready_reason().is_none()
     }
 
     pub fn connector(&self, name: &str) -> Option<&Arc<dyn Connector>> {
         self.connectors.iter().find(|c| c.name() == name)
+    }
+
+    /// Why the service is not ready (`/readyz` answers 503 and the snapshot says DEGRADED),
+    /// or `None` when it is.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.bus.is_ready() {
+            return Some("broker not connected".to_owned());
+        }
+        if self.publisher.confirms_stalled() {
+            return Some(
+                "broker connected but not confirming publishes (stalled); events go to the outbox"
+                    .to_owned(),
+            );
+        }
+        if let Some(egress) = self
+            .egress_consuming
+            .as_ref()
+            .filter(|egress| !egress.get())
+        {
+            return Some(
+                egress
+                    .failure()
+                    .unwrap_or_else(|| "egress consumer not consuming".to_owned()),
+            );
+        }
+        self.connectors.iter().find_map(|connector| {
+            let link = connector.readiness()?;
+            (!link.ready).then(|| format!("the {} connector's link is down", connector.name()))
+        })
     }
 }

@@ -28,6 +28,9 @@ pub enum ApiError {
     RequestTimeout(std::time::Duration),
     #[error("too many requests in progress from this client; retry later")]
     TooManyRequests,
+    /// Well-formed, but the service is not configured to carry it out (names the setting).
+    #[error("{0}")]
+    NotConfigured(String),
 }
 
 impl ApiError {
@@ -43,6 +46,7 @@ impl ApiError {
             ApiError::Unavailable(_) => "unavailable",
             ApiError::RequestTimeout(_) => "request_timeout",
             ApiError::TooManyRequests => "too_many_requests",
+            ApiError::NotConfigured(_) => "not_configured",
         }
     }
 }
@@ -74,6 +78,7 @@ impl ResponseError for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotConfigured(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

@@ -12,13 +12,17 @@
 //! - [`egress`]: the engine that delivers reply events through connectors' sinks, with its
 //!   send ledger; [`state`]: the key-value store such memory lives in.
 //! - [`routes`]: health, metrics and debug routes; [`app_state`], [`auth`], [`error`],
-//!   [`openapi`], [`readiness`], [`backoff`], [`client_limit`].
+//!   [`openapi`], [`readiness`], [`backoff`], [`client_limit`]; [`banner`]: what start-up says.
+//!
+//! Command-line tools beside `serve`: [`watch`] (and each connector's own, e.g. `simulate`),
+//! printing through [`output`].
 //!
 //! Connectors: [`connectors`] (the trait and the registry); [`connectors::twilio`].
 
 pub mod app_state;
 pub mod auth;
 pub mod backoff;
+pub mod banner;
 pub mod bus;
 pub mod client_limit;
 pub mod configuration;
@@ -29,9 +33,11 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod outbox;
+pub mod output;
 pub mod publisher;
 pub mod readiness;
 pub mod routes;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod watch;

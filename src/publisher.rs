@@ -32,6 +32,11 @@ use crate::{
 /// How many ids accepted without the shared dedupe window are kept to write to it later.
 const MAX_UNSHARED: usize = 100_000;
 
+/// The response header with which webhooks say what became of the event they carried: a
+/// [`Delivery`] name, or `ignored` when there was nothing to publish. Providers ignore it; a
+/// sender that wants to know (`simulate`, an operator with curl) reads it.
+pub const DELIVERY_HEADER: &str = "X-Ingress-Delivery";
+
 /// What happened to a message handed to [`EventPublisher`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delivery {

@@ -17,6 +17,7 @@ use actix_web::middleware::from_fn;
 use crate::{
     app_state::AppState,
     auth::BearerAuth,
+    banner::ConnectorNotes,
     bus::Bus,
     client_limit::{limit_per_client, ClientLimiter},
     configuration::Settings,
@@ -200,9 +201,14 @@ impl Application {
                     web::get().to(routes::debug::connector_snapshot),
                 )
                 .configure(routes::event_contract::configure)
+                .route("/", web::get().to(routes::docs::home))
+                .route(
+                    "/swagger-ui",
+                    web::get().to(routes::docs::swagger_ui_without_slash),
+                )
                 .service(
-                    SwaggerUi::new("/swagger-ui/{_:.*}")
-                        .url("/api-docs/openapi.json", api_doc.clone()),
+                    SwaggerUi::new(format!("{}{{_:.*}}", routes::docs::SWAGGER_UI))
+                        .url(routes::docs::OPENAPI_JSON, api_doc.clone()),
                 );
             for connector in &routed {
                 let connector = connector.clone();
@@ -237,6 +243,14 @@ impl Application {
     /// The connectors this instance serves.
     pub fn connector_names(&self) -> Vec<&'static str> {
         self.connectors.iter().map(|c| c.name()).collect()
+    }
+
+    /// What each connector wants the start-up banner to say.
+    pub fn startup_notes(&self) -> Vec<ConnectorNotes> {
+        self.connectors
+            .iter()
+            .map(|c| c.startup_notes(self.port))
+            .collect()
     }
 
     /// Stops the HTTP server as SIGTERM would (`run_until_stopped` then finishes the

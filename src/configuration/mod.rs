@@ -16,8 +16,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-pub use environment::Environment;
-use parse::{non_empty, parse_base_url, parse_or};
+pub use environment::{read_dotenv, Environment, DOTENV_FILE};
+use parse::{non_empty, parse_or, parse_origin};
 pub use parse::{redact_url, scrub_url_password, ConfigError};
 use telemetry::RawTelemetry;
 pub use telemetry::{LogFormat, TelemetrySettings};
@@ -82,12 +82,22 @@ pub enum QueueType {
     Classic,
 }
 
+impl QueueType {
+    /// The name RabbitMQ (its `x-queue-type` argument) and `AMQP_EGRESS_QUEUE_TYPE` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub app_env: AppEnv,
     pub port: u16,
-    /// The exact scheme + host (+ optional port) providers call; used to rebuild signed URLs.
-    /// Required in production.
+    /// The exact scheme + host (+ optional port) providers call, nothing after it; used to
+    /// rebuild signed URLs. Required in production.
     pub public_base_url: Option<Url>,
     pub bus: BusSettings,
     pub outbox_dir: PathBuf,
@@ -276,7 +286,7 @@ impl Settings {
         })?;
 
         let public_base_url = non_empty(raw.public_base_url)
-            .map(|value| parse_base_url("PUBLIC_BASE_URL", &value))
+            .map(|value| parse_origin("PUBLIC_BASE_URL", &value))
             .transpose()?;
         if public_base_url.is_none() && production {
             // Without it the signed URL is rebuilt from the request's Host and Forwarded

@@ -87,6 +87,49 @@ pub fn parse_base_url(variable: &'static str, value: &str) -> Result<Url, Config
     Ok(url)
 }
 
+/// A public origin: `http(s)://host[:port]` and nothing else. The service appends its own
+/// paths, so anything after the host is a mistake (most often a pasted webhook URL) that would
+/// make every signature check fail; it is refused with the value to use instead.
+pub fn parse_origin(variable: &'static str, value: &str) -> Result<Url, ConfigError> {
+    let url = parse_absolute_url(variable, value)?;
+    let origin = url.origin().ascii_serialization();
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(variable, "must not carry user info"));
+    }
+    if url.query().is_some() {
+        return Err(ConfigError::new(
+            variable,
+            format!("must not carry a query string: use {origin}"),
+        ));
+    }
+    if url.fragment().is_some() {
+        return Err(ConfigError::new(
+            variable,
+            format!(
+                "must not carry a #fragment (connection overrides belong in the URL given to \
+                 the provider): use {origin}"
+            ),
+        ));
+    }
+    if url.path() != "/" {
+        return Err(ConfigError::new(
+            variable,
+            format!(
+                "must be only scheme and host, without the path {:?} (the service adds the \
+                 webhook paths): use {origin}",
+                url.path()
+            ),
+        ));
+    }
+    if value.ends_with('/') {
+        return Err(ConfigError::new(
+            variable,
+            format!("must not end with '/': use {origin}"),
+        ));
+    }
+    Ok(url)
+}
+
 /// An identifier made of `prefix` and 32 hexadecimal characters (a provider SID).
 pub fn check_sid(variable: &'static str, value: &str, prefix: &str) -> Result<(), ConfigError> {
     let well_formed = value.len() == 34
@@ -123,5 +166,46 @@ pub fn scrub_url_password(text: &str, url: &str) -> String {
     {
         Some(password) if !password.is_empty() => text.replace(&password, "***"),
         _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_origin_is_scheme_host_and_port_only() {
+        for ok in [
+            "https://abc.ngrok.app",
+            "http://127.0.0.1:8080",
+            "https://ingress-egress-abc123-ew.a.run.app",
+        ] {
+            let url = parse_origin("PUBLIC_BASE_URL", ok).expect(ok);
+            assert_eq!(url.origin().ascii_serialization(), ok);
+        }
+        for (bad, says) in [
+            (
+                "https://abc.ngrok.app/webhooks/twilio/sms",
+                "without the path \"/webhooks/twilio/sms\"",
+            ),
+            ("https://abc.ngrok.app/", "must not end with '/'"),
+            ("https://abc.ngrok.app?x=1", "query string"),
+            ("https://abc.ngrok.app#rc=3", "#fragment"),
+            ("https://user:pw@abc.ngrok.app", "user info"),
+            ("ftp://abc.ngrok.app", "scheme"),
+        ] {
+            let error = parse_origin("PUBLIC_BASE_URL", bad).unwrap_err();
+            let line = error.to_string();
+            assert!(line.contains(says), "{bad}: {line}");
+            assert!(
+                line.starts_with("configuration error: PUBLIC_BASE_URL: "),
+                "{line}"
+            );
+            assert!(!line.contains('\n'));
+            assert!(!line.contains("pw"), "user info is not echoed: {line}");
+            if !says.contains("scheme") && !says.contains("user") {
+                assert!(line.ends_with("use https://abc.ngrok.app"), "{line}");
+            }
+        }
     }
 }

@@ -17,6 +17,7 @@ use utoipa::ToSchema;
 
 use crate::{
     auth::BearerAuth,
+    banner::ConnectorNotes,
     configuration::Settings,
     egress::{ledger::SendLedger, sink::EgressSink},
     metrics::Metrics,
@@ -56,6 +57,15 @@ pub trait Connector: Send + Sync + 'static {
     /// `ConnectorContext::shutdown`) has finished; the service waits for it when it stops.
     fn stopped(&self) -> BoxFuture<'static, ()> {
         Box::pin(std::future::ready(()))
+    }
+
+    /// What the start-up banner says about the connector, for a service listening on `port`.
+    fn startup_notes(&self, port: u16) -> ConnectorNotes {
+        let _ = port;
+        ConnectorNotes {
+            connector: self.name(),
+            ..ConnectorNotes::default()
+        }
     }
 }
 

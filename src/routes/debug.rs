@@ -31,19 +31,19 @@ pub async fn connector_snapshot(
     let connector = state.connector(&connector).ok_or(ApiError::NotFound)?;
     let broker = state.bus.state();
     let egress = state.egress_consuming.as_ref().map(|f| f.get());
-    let degraded_reason = if !state.bus.is_ready() {
-        Some("broker not connected")
-    } else if state.publisher.confirms_stalled() {
-        Some("broker connected but not confirming publishes (stalled); events go to the outbox")
-    } else if egress == Some(false) {
-        Some("egress consumer not consuming")
-    } else if state.publisher.outbox().depth() > 0 {
-        Some("events waiting in the outbox")
-    } else if state.redis.as_ref().is_some_and(|redis| !redis.is_up()) {
-        Some("shared state store (Redis) unreachable: egress paused, ingress deduplicating locally")
-    } else {
-        None
-    };
+    let degraded_reason = state.not_ready_reason().or_else(|| {
+        if state.publisher.outbox().depth() > 0 {
+            Some("events waiting in the outbox".to_owned())
+        } else if state.redis.as_ref().is_some_and(|redis| !redis.is_up()) {
+            Some(
+                "shared state store (Redis) unreachable: egress paused, ingress deduplicating \
+                 locally"
+                    .to_owned(),
+            )
+        } else {
+            None
+        }
+    });
     let mut snapshot = json!({
         "connector": connector.name(),
         "state": if degraded_reason.is_some() { "DEGRADED" } else { "READY" },

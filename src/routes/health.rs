@@ -42,6 +42,11 @@ pub struct Readiness {
     /// is not ready while one is down. Absent when no connector holds a link.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connectors: Option<BTreeMap<String, LinkReadiness>>,
+    /// Why the service is not ready (absent when it is), e.g. an egress queue that exists with
+    /// another type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "broker not connected")]
+    pub reason: Option<String>,
 }
 
 /// The process is alive.
@@ -65,7 +70,8 @@ pub async fn livez() -> HttpResponse {
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Broker or egress consumer down", body = Readiness)))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let ready = state.is_ready();
+    let reason = state.not_ready_reason();
+    let ready = reason.is_none();
     let stalled = state.publisher.confirms_stalled();
     let egress_consumer = state.egress_consuming.as_ref().map(|flag| flag.get());
     let links: BTreeMap<String, LinkReadiness> = state
@@ -89,6 +95,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             .as_ref()
             .map(|redis| if redis.is_up() { "up" } else { "down" }),
         connectors: (!links.is_empty()).then_some(links),
+        reason,
     };
     if ready {
         HttpResponse::Ok().json(body)

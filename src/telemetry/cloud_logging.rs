@@ -14,7 +14,7 @@
 //!
 //! - `severity`: `DEBUG` (for TRACE and DEBUG), `INFO`, `WARNING` or `ERROR`.
 //! - `message`: the event's message; `time`: RFC 3339 in UTC (Cloud Logging's `time` field).
-//! - `request_id` (set by `tracing-actix-web` on every HTTP request span) and `correlation_id`
+//! - `request_id` (set on every HTTP request span, see `super::request_span`) and `correlation_id`
 //!   are copied from the enclosing spans when the event itself does not carry them.
 //! - Inside a traced span: with a Google Cloud project configured, the fields Cloud Logging
 //!   links to Cloud Trace (`logging.googleapis.com/trace` as `projects/<project>/traces/<id>`,
@@ -29,19 +29,17 @@ use std::fmt;
 use chrono::{SecondsFormat, Utc};
 use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
-use tracing::{field::Field, Event, Level, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::{
-    field::Visit,
     fmt::{
         format::{JsonFields, Writer},
-        FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter,
+        FmtContext, FormatEvent, FormatFields, MakeWriter,
     },
     registry::LookupSpan,
     Layer,
 };
 
-/// Span fields copied onto every event logged inside the span.
-const SPAN_FIELDS: &[&str] = &["request_id", "correlation_id"];
+use super::fields::{span_ids, FieldCollector};
 
 /// The field Cloud Logging reads a log entry's trace from.
 pub const TRACE_FIELD: &str = "logging.googleapis.com/trace";
@@ -148,28 +146,11 @@ where
             .unwrap_or_else(|| metadata.target().to_owned());
         line.insert("target".into(), Value::String(target));
 
-        if let Some(scope) = ctx.event_scope() {
-            let mut leaf = None;
-            for span in scope.from_root() {
-                leaf = Some(span.name());
-                let extensions = span.extensions();
-                let Some(stored) = extensions.get::<FormattedFields<N>>() else {
-                    continue;
-                };
-                if let Ok(Value::Object(span_fields)) =
-                    serde_json::from_str::<Value>(stored.as_str())
-                {
-                    for (key, value) in span_fields {
-                        if SPAN_FIELDS.contains(&key.as_str()) {
-                            // Inner spans win over outer ones.
-                            line.insert(key, value);
-                        }
-                    }
-                }
-            }
-            if let Some(name) = leaf {
-                line.insert("span".into(), Value::String(name.to_owned()));
-            }
+        let (ids, span) = span_ids(ctx);
+        // Inner spans win over outer ones; the event's own fields over both (below).
+        line.extend(ids);
+        if let Some(name) = span {
+            line.insert("span".into(), Value::String(name.to_owned()));
         }
         self.insert_trace(&mut line);
 
@@ -181,69 +162,6 @@ where
 
         let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{text}")
-    }
-}
-
-/// Collects an event's fields as JSON values.
-#[derive(Default)]
-struct FieldCollector {
-    message: Option<String>,
-    log_target: Option<String>,
-    values: Map<String, Value>,
-}
-
-impl FieldCollector {
-    fn insert(&mut self, field: &Field, value: Value) {
-        match field.name() {
-            "message" => {
-                self.message = Some(match value {
-                    Value::String(text) => text,
-                    other => other.to_string(),
-                })
-            }
-            "log.target" => {
-                if let Value::String(target) = value {
-                    self.log_target = Some(target);
-                }
-            }
-            name if name.starts_with("log.") => {}
-            name => {
-                self.values.insert(name.to_owned(), value);
-            }
-        }
-    }
-}
-
-impl Visit for FieldCollector {
-    fn record_f64(&mut self, field: &Field, value: f64) {
-        let value = serde_json::Number::from_f64(value)
-            .map(Value::Number)
-            .unwrap_or_else(|| Value::String(value.to_string()));
-        self.insert(field, value);
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.insert(field, Value::from(value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.insert(field, Value::from(value));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.insert(field, Value::Bool(value));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.insert(field, Value::String(value.to_owned()));
-    }
-
-    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.insert(field, Value::String(value.to_string()));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.insert(field, Value::String(format!("{value:?}")));
     }
 }
 

@@ -1,7 +1,10 @@
 //! Logs and traces.
 //!
-//! Logs: one JSON object per line for containers and Cloud Logging ([`cloud_logging`]), or
-//! pretty output for people at a terminal, filtered by `LOG_LEVEL` (`RUST_LOG` overrides).
+//! Logs: one JSON object per line for containers and Cloud Logging ([`cloud_logging`]), or one
+//! short line per event for people at a terminal ([`pretty`]), filtered by `LOG_LEVEL`
+//! (`RUST_LOG` overrides). Both read events and the ids of their enclosing spans the same way
+//! ([`fields`]); every HTTP request is one span ([`request_span`]) and ends with one line
+//! ([`request_log`]), never a warning.
 //!
 //! Traces: the service's `tracing` spans (the HTTP request, `publish`, `egress.consume`,
 //! `egress.send` and each connector's REST call) become OpenTelemetry spans through
@@ -11,7 +14,10 @@
 //! `info` whatever `LOG_LEVEL` says: quieter logs do not cut the trace.
 
 pub mod cloud_logging;
+pub mod fields;
 pub mod http_errors;
+pub mod pretty;
+pub mod request_log;
 pub mod request_span;
 pub mod trace_context;
 
@@ -25,6 +31,7 @@ use tracing_subscriber::{
 };
 
 pub use cloud_logging::{json_layer, severity, CloudLoggingJson};
+pub use pretty::{pretty_layer, CompactPretty};
 
 use crate::configuration::{LogFormat, TelemetrySettings};
 
@@ -49,12 +56,33 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Targets whose routine chatter is not worth a line at the service's level: the HTTP server's
+/// worker start-up and the AMQP client's connection life.
+const QUIET_TARGETS: &str = "actix_server=warn,lapin=warn";
+
+/// Crates that write whole protocol messages at `debug` and `trace`: a twilsock frame carries
+/// the access token and the session's continuation token. They are capped at `info` whatever
+/// `LOG_LEVEL` or `RUST_LOG` say, so that no level puts a secret in the logs.
+const CRATES_LOGGING_PAYLOADS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// The log filter for `level` (a level or a `tracing` directive), or `RUST_LOG` when set;
+/// either way [`CRATES_LOGGING_PAYLOADS`] stay at `info`.
+pub fn filter(level: &str) -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},{QUIET_TARGETS}")));
+    CRATES_LOGGING_PAYLOADS
+        .iter()
+        .fold(filter, |filter, krate| {
+            filter.add_directive(format!("{krate}=info").parse().expect("a valid directive"))
+        })
+}
+
 /// Installs the global subscriber: logs as `settings` say, spans traced (and exported when an
 /// endpoint is configured). Call it outside any async runtime: the exporter runs on a thread
 /// of its own. A second call keeps the first subscriber.
 pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider(settings)?;
-    let filter = log_filter(&settings.log_level);
+    let filter = filter(&settings.log_level);
     let registry = tracing_subscriber::registry().with(span_layer(&provider));
     let result = match settings.log_format {
         LogFormat::Json => registry
@@ -66,36 +94,22 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
             // Last: it logs from inside another event, which must be through every layer first.
             .with(http_errors::DemotedHttpErrors)
             .try_init(),
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_target(false)
-                    .with_filter(http_errors::WithoutHttpLayerErrors)
-                    .with_filter(filter),
-            )
-            .with(http_errors::DemotedHttpErrors)
-            .try_init(),
+        LogFormat::Pretty => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stdout().is_terminal();
+            registry
+                .with(
+                    pretty_layer(std::io::stdout, ansi)
+                        .with_filter(http_errors::WithoutHttpLayerErrors)
+                        .with_filter(filter),
+                )
+                .with(http_errors::DemotedHttpErrors)
+                .try_init()
+        }
     };
     // A second call (tests spawning several apps) keeps the first subscriber.
     let _ = result;
     Ok(TelemetryGuard { provider })
-}
-
-/// Crates that write whole protocol messages at `debug` and `trace`: a twilsock frame carries
-/// the access token and the session's continuation token. They are capped at `info` whatever
-/// `LOG_LEVEL` or `RUST_LOG` say, so that no level puts a secret in the logs.
-const CRATES_LOGGING_PAYLOADS: &[&str] = &["tungstenite", "tokio_tungstenite"];
-
-/// `RUST_LOG` if set, else `log_level` with the chatty network crates quieter; either way
-/// [`CRATES_LOGGING_PAYLOADS`] stay at `info`.
-fn log_filter(log_level: &str) -> EnvFilter {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{log_level},actix_server=warn,lapin=warn")));
-    CRATES_LOGGING_PAYLOADS
-        .iter()
-        .fold(filter, |filter, krate| {
-            filter.add_directive(format!("{krate}=info").parse().expect("a valid directive"))
-        })
 }
 
 /// The tracer provider `settings` ask for: OTLP/HTTP export in batches when an endpoint is set,

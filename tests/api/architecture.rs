@@ -483,3 +483,400 @@ fn the_image_build_gets_every_file_the_code_compiles_in() {
     ));
     assert!(glob_matches("src/", "src/main.rs"));
 }
+
+/// The shell scripts of `cloudbuild.yaml`'s steps, as Cloud Build runs them (`$$` is `$`).
+fn cloudbuild_scripts() -> Vec<(String, String)> {
+    let doc: Value =
+        serde_yaml_ng::from_str(&read("cloudbuild.yaml")).expect("cloudbuild.yaml is valid YAML");
+    doc["steps"]
+        .as_sequence()
+        .expect("steps: [...]")
+        .iter()
+        .map(|step| {
+            let id = step["id"].as_str().unwrap_or_default().to_owned();
+            let args: Vec<&str> = step["args"]
+                .as_sequence()
+                .map(|args| args.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            (id, args.join("\n").replace("$$", "$"))
+        })
+        .collect()
+}
+
+/// Every `NAME=` in a deploy script that names a variable of the service (upper case; Cloud
+/// Build's `_SUBSTITUTIONS` start with `_`, and the shell's own `IFS` is no setting), with what
+/// follows the `=` up to the next separator.
+fn assignments(script: &str) -> Vec<(String, String)> {
+    let script: String = script
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    let script = script.as_str();
+    let mut found = Vec::new();
+    let bytes = script.as_bytes();
+    for (at, _) in script.match_indices('=') {
+        let start = script[..at]
+            .rfind(|c: char| !(c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_'))
+            .map_or(0, |i| i + 1);
+        let name = &script[start..at];
+        let preceded_by_word = start > 0 && (bytes[start - 1] as char).is_ascii_alphanumeric();
+        if name.len() < 3
+            || name == "IFS"
+            || name.starts_with('_')
+            || preceded_by_word
+            || name.starts_with(char::is_numeric)
+        {
+            continue;
+        }
+        let value: String = script[at + 1..]
+            .chars()
+            .take_while(|c| !matches!(c, ',' | '"' | '@' | '\n' | ' ' | ')'))
+            .collect();
+        found.push((name.to_owned(), value));
+    }
+    found
+}
+
+#[test]
+fn cloudbuild_sets_only_variables_the_code_reads_and_secrets_only_from_secret_manager() {
+    let doc = architecture();
+    let service = service(&doc);
+    let code = vars_read_by_code();
+    let secrets: BTreeSet<String> = names(&service["secrets"], "secrets");
+    let scripts = cloudbuild_scripts();
+    let deploy = &scripts
+        .iter()
+        .find(|(id, _)| id == "deploy")
+        .expect("a deploy step")
+        .1;
+
+    let mut set_plain = BTreeSet::new();
+    let mut set_secret = BTreeSet::new();
+    // The steps that configure the service (the build steps pass Docker its own arguments).
+    for (id, script) in scripts.iter().filter(|(_, s)| s.contains("gcloud run")) {
+        for (name, value) in assignments(script) {
+            assert!(
+                code.contains(&name),
+                "cloudbuild.yaml step {id} sets {name}, which the service never reads"
+            );
+            if value.starts_with("ingress-egress-") && value.ends_with(":latest") {
+                set_secret.insert(name);
+            } else {
+                assert!(
+                    !secrets.contains(&name),
+                    "step {id} sets the secret {name} as a plain variable"
+                );
+                set_plain.insert(name);
+            }
+        }
+    }
+    // Optional secrets are mapped through a helper that checks the secret exists.
+    for line in deploy.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("optional_secret ") {
+            let mut words = rest.split_whitespace();
+            let (name, secret) = (words.next().unwrap(), words.next().unwrap());
+            assert!(code.contains(name), "{name} is not read by the service");
+            let declared = service["secrets"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == name)
+                .unwrap_or_else(|| panic!("{name} is mapped but not a declared secret"));
+            assert_eq!(declared["secretManager"]["name"], secret);
+            assert_eq!(declared["required"], false, "{name} is mapped as optional");
+            set_secret.insert(name.to_owned());
+        }
+    }
+    assert_eq!(
+        set_secret, secrets,
+        "cloudbuild.yaml maps exactly the secrets architecture.yaml declares"
+    );
+    for required in [
+        "APP_ENV",
+        "PUBLIC_BASE_URL",
+        "TWILIO_ACCOUNT_SID",
+        "OUTBOX_DIR",
+    ] {
+        assert!(
+            set_plain.contains(required),
+            "{required} is not set: {set_plain:?}"
+        );
+    }
+    assert!(
+        deploy.contains("--update-env-vars="),
+        "console edits survive a deploy"
+    );
+    assert!(
+        !deploy.contains("--set-env-vars"),
+        "--set-env-vars would drop console edits"
+    );
+    for flag in [
+        "--vpc-connector=",
+        "--network=",
+        "--subnet=",
+        "--vpc-egress=",
+    ] {
+        assert!(
+            deploy.contains(flag),
+            "the deploy can reach a private broker ({flag})"
+        );
+    }
+    let build = &scripts.iter().find(|(id, _)| id == "build").unwrap().1;
+    assert!(
+        build.contains("--cache-from=") && build.contains(":deps"),
+        "{build}"
+    );
+}
+
+#[test]
+fn each_default_is_written_the_same_way_everywhere() {
+    let doc = architecture();
+    let service = service(&doc);
+    let readme = read("README.md");
+    let example = read(".env.example");
+    let mut compared = 0;
+    for entry in service["env"].as_sequence().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let Some(default) = entry["default"]
+            .as_str()
+            // A value one could write (not a sentence, not a `<placeholder>`).
+            .filter(|d| !d.is_empty() && !d.contains(' ') && !d.contains('<'))
+        else {
+            continue;
+        };
+        let row = readme
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{name}`")))
+            .unwrap_or_else(|| panic!("README.md has no row for {name}"));
+        let cell = row.split(" | ").nth(1).unwrap_or_default();
+        assert_eq!(
+            cell,
+            format!("`{default}`"),
+            "README.md's default of {name}"
+        );
+        let line = example
+            .lines()
+            .map(|l| l.trim_start_matches('#').trim())
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!(".env.example has no line for {name}"));
+        assert_eq!(
+            line,
+            format!("{name}={default}"),
+            ".env.example's default of {name}"
+        );
+        compared += 1;
+    }
+    assert!(compared > 15, "only {compared} defaults compared");
+    let cloudbuild = read("cloudbuild.yaml");
+    assert!(cloudbuild.contains("_TWILIO_MAX_SEND_RATE: \"1\""));
+}
+
+#[test]
+fn the_deploy_guide_and_the_readme_agree_on_which_secrets_are_required() {
+    let doc = architecture();
+    let service = service(&doc);
+    let guide = read("docs/deploy.md");
+    let readme = read("README.md");
+    for entry in service["secrets"].as_sequence().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let required = entry["required"].as_bool().unwrap();
+        let row = guide
+            .lines()
+            .find(|line| line.starts_with(&format!("| `{name}` |")))
+            .unwrap_or_else(|| panic!("docs/deploy.md's secret table has no row for {name}"));
+        let cell = row.split(" | ").nth(2).unwrap_or_default();
+        assert_eq!(
+            cell.starts_with("yes"),
+            required,
+            "docs/deploy.md says {cell:?} for {name}; architecture.yaml says required: {required}"
+        );
+        let readme_row = readme
+            .lines()
+            .find(|line| line.starts_with("| `") && line.contains(&format!("`{name}`")))
+            .unwrap_or_else(|| panic!("README.md has no row for {name}"));
+        assert!(
+            readme_row.contains('🔒'),
+            "README.md marks {name} as a secret"
+        );
+        if !required {
+            assert!(
+                readme_row.contains("unset") || readme_row.contains("optional"),
+                "README.md shows {name} as optional: {readme_row}"
+            );
+        }
+    }
+}
+
+/// `cloudbuild.yaml`'s deploy step with its substitutions filled in, `/workspace` moved to
+/// `workspace`, run by bash against a stub `gcloud` that records its arguments. Returns the
+/// arguments of every `gcloud` call, one call per entry.
+fn run_deploy_step(
+    workspace: &Path,
+    substitutions: &[(&str, &str)],
+    existing: &[&str],
+) -> Vec<Vec<String>> {
+    let doc: Value = serde_yaml_ng::from_str(&read("cloudbuild.yaml")).unwrap();
+    let mut values: std::collections::BTreeMap<String, String> = doc["substitutions"]
+        .as_mapping()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().unwrap().to_owned(),
+                v.as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for (name, value) in substitutions {
+        values.insert((*name).to_owned(), (*value).to_owned());
+    }
+    let (_, script) = cloudbuild_scripts()
+        .into_iter()
+        .find(|(id, _)| id == "deploy")
+        .unwrap();
+    let script = script.strip_prefix("-c\n").expect("a bash -c step");
+    let mut script = script.replace("/workspace", &workspace.display().to_string());
+    for (name, value) in &values {
+        script = script.replace(&format!("${{{name}}}"), value);
+    }
+    script = script
+        .replace("$PROJECT_ID", "my-project")
+        .replace("$PROJECT_NUMBER", "123456789")
+        .replace("$SHORT_SHA", "abc1234");
+    let calls = workspace.join("gcloud-calls");
+    let stub = workspace.join("gcloud");
+    std::fs::write(
+        &stub,
+        format!(
+            "#!/usr/bin/env bash\n\
+             printf '%s\\x1f' \"$@\" >> {calls}; printf '\\n' >> {calls}\n\
+             case \"$1 $2\" in\n\
+               'secrets describe') for s in {existing}; do [ \"$3\" = \"$s\" ] && exit 0; done; exit 1 ;;\n\
+               'run services') echo https://ingress-egress-abc123-ew.a.run.app ;;\n\
+             esac\n",
+            calls = calls.display(),
+            existing = existing.join(" "),
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&stub)
+        .status()
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        workspace.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let output = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .env("PATH", path)
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "the deploy step failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read_to_string(&calls)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            line.split('\u{1f}')
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_deploy_step_passes_cloud_run_what_it_needs() {
+    let workspace = tempfile::tempdir().unwrap();
+    let calls = run_deploy_step(
+        workspace.path(),
+        &[
+            ("_TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000001"),
+            ("_TWILIO_API_KEY", "SK00000000000000000000000000000001"),
+            ("_TWILIO_PHONE_NUMBER", "+15005550006"),
+            ("_VPC_CONNECTOR", "broker-connector"),
+        ],
+        &["ingress-egress-debug-token"],
+    );
+    let deploy = calls
+        .iter()
+        .find(|call| call.starts_with(&["run".to_owned(), "deploy".to_owned()]))
+        .expect("gcloud run deploy was called");
+    let flag = |name: &str| {
+        deploy
+            .iter()
+            .find_map(|arg| arg.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("{name} missing from {deploy:?}"))
+            .to_owned()
+    };
+    let env = flag("--update-env-vars");
+    let pairs: Vec<&str> = env
+        .strip_prefix("^@^")
+        .expect("@-separated")
+        .split('@')
+        .collect();
+    for expected in [
+        "APP_ENV=production",
+        "TWILIO_PHONE_NUMBER=+15005550006",
+        "TWILIO_MAX_SEND_RATE=1",
+        "PUBLIC_BASE_URL=https://ingress-egress-abc123-ew.a.run.app",
+        "TWILIO_STATUS_CALLBACK_URL=https://ingress-egress-abc123-ew.a.run.app/webhooks/twilio/status",
+    ] {
+        assert!(pairs.contains(&expected), "{expected} not in {pairs:?}");
+    }
+    assert!(
+        !pairs.iter().any(|p| p.starts_with("TWILIO_IDENTITY=")),
+        "an empty substitution leaves its variable alone: {pairs:?}"
+    );
+    let secrets = flag("--set-secrets");
+    assert!(
+        secrets.contains("AMQP_URL=ingress-egress-amqp-url:latest"),
+        "{secrets}"
+    );
+    assert!(
+        secrets.contains("DEBUG_TOKEN=ingress-egress-debug-token:latest"),
+        "{secrets}"
+    );
+    assert!(
+        !secrets.contains("OPERATOR_TOKEN"),
+        "the secret does not exist: {secrets}"
+    );
+    assert_eq!(flag("--vpc-connector"), "broker-connector");
+    assert_eq!(flag("--vpc-egress"), "private-ranges-only");
+
+    // Direct VPC egress instead of a connector; both at once is refused.
+    let calls = run_deploy_step(
+        tempfile::tempdir().unwrap().path(),
+        &[
+            ("_TWILIO_ACCOUNT_SID", "AC00000000000000000000000000000001"),
+            ("_TWILIO_API_KEY", "SK00000000000000000000000000000001"),
+            ("_VPC_NETWORK", "default"),
+            ("_VPC_SUBNET", "run-subnet"),
+        ],
+        &[],
+    );
+    let deploy = calls
+        .iter()
+        .find(|c| c[0] == "run" && c[1] == "deploy")
+        .unwrap();
+    assert!(
+        deploy.contains(&"--network=default".to_owned()),
+        "{deploy:?}"
+    );
+    assert!(
+        deploy.contains(&"--subnet=run-subnet".to_owned()),
+        "{deploy:?}"
+    );
+    assert!(
+        !deploy.iter().any(|a| a.starts_with("--vpc-connector")),
+        "{deploy:?}"
+    );
+}

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::helpers::{fixture, fixture_tokens, spawn_app, TestApp};
 
@@ -229,4 +229,44 @@ async fn the_snapshot_never_shows_secrets_phone_numbers_or_bodies() {
         text.contains("snapshot-user") || text.contains("127.0.0.1"),
         "the redacted broker URL is shown: {text}"
     );
+}
+
+#[tokio::test]
+async fn the_snapshot_lists_the_console_urls_and_the_signing_facts_without_tokens() {
+    let tokens = fixture_tokens();
+    let app = spawn_app(None, &[]).await;
+    let body: Value = snapshot(&app, None).await.json().await.unwrap();
+    let twilio = &body["twilio"];
+    let base = &tokens.public_base_url;
+    assert_eq!(
+        twilio["consoleUrls"][0],
+        json!({
+            "webhook": "sms",
+            "place": "Phone number (or Messaging Service) → A message comes in",
+            "url": format!("{base}/webhooks/twilio/sms#rc=3&rp=all&ct=1000&rt=2750&tt=15000"),
+        })
+    );
+    assert_eq!(twilio["consoleUrls"].as_array().unwrap().len(), 4);
+    let fingerprint = |token: &str| {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(token.as_bytes())[..4])
+    };
+    assert_eq!(
+        twilio["signing"],
+        json!({
+            "publicBaseUrl": base,
+            "developmentToken": false,
+            "authTokenFingerprint": fingerprint(&tokens.primary_auth_token),
+            "secondaryAuthTokenFingerprint": fingerprint(&tokens.secondary_auth_token),
+        })
+    );
+    let text = body.to_string();
+    assert!(!text.contains(&tokens.primary_auth_token));
+    assert!(!text.contains(&tokens.secondary_auth_token));
+
+    // Without PUBLIC_BASE_URL there is nothing to paste yet.
+    let app = spawn_app(None, &[("PUBLIC_BASE_URL", "")]).await;
+    let body: Value = snapshot(&app, None).await.json().await.unwrap();
+    assert_eq!(body["twilio"]["consoleUrls"], Value::Null);
+    assert_eq!(body["twilio"]["signing"]["publicBaseUrl"], Value::Null);
 }

@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 
 use crate::{
     egress_support::{
-        delete_queue, egress_app, fake_twilio, reply_to, EgressPublisher, FROM, IDENTITY,
-        STATUS_CALLBACK,
+        declare_queue_of_type, delete_queue, egress_app, fake_twilio, reply_to, EgressPublisher,
+        FROM, IDENTITY, STATUS_CALLBACK,
     },
     fake_twilio::{FakeTwilio, RecordedRequest, Reply, Route},
-    helpers::{fixture_tokens, BusTap, TestApp},
+    helpers::{fixture_tokens, spawn_app_not_ready, BusTap, TestApp},
     require_broker,
 };
 
@@ -634,24 +634,7 @@ async fn an_existing_classic_egress_queue_is_used_as_it_is() {
     // A broker (or an older deployment) that already has the queue as a classic queue: the
     // quorum declaration is refused and the consumer falls back to the classic one.
     let queue = format!("test-classic-{}.egress", uuid::Uuid::new_v4().simple());
-    {
-        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
-            .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                lapin::types::FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = connection.close(200, "done".into()).await;
-    }
+    declare_queue_of_type(&url, &queue, "classic").await;
     let mut rig = Rig::start(
         &url,
         &[
@@ -703,4 +686,82 @@ async fn the_egress_queue_is_a_quorum_queue_by_default() {
     );
     let _ = connection.close(200, "done".into()).await;
     rig.finish().await;
+}
+
+#[tokio::test]
+async fn an_egress_queue_of_the_other_type_stops_egress_and_says_why_in_readyz() {
+    let url = require_broker!();
+    // A quorum queue left by an earlier deployment, and a configuration that asks for classic.
+    let queue = format!("test-quorum-{}.egress", uuid::Uuid::new_v4().simple());
+    declare_queue_of_type(&url, &queue, "quorum").await;
+    let app = spawn_app_not_ready(
+        Some(&url),
+        &[
+            ("AMQP_EGRESS_QUEUE", &queue),
+            ("AMQP_EGRESS_QUEUE_TYPE", "classic"),
+        ],
+    )
+    .await;
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let readiness = loop {
+        let response = app.get("/readyz").await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if body["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("exists as"))
+        {
+            assert_eq!(status, 503);
+            break body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reason within {WAIT:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = readiness["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "queue \"{queue}\" exists as a quorum queue but AMQP_EGRESS_QUEUE_TYPE=classic; \
+             egress is stopped."
+        )),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("set AMQP_EGRESS_QUEUE_TYPE=quorum"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("point AMQP_EGRESS_QUEUE at a new name"),
+        "{reason}"
+    );
+    assert_eq!(readiness["broker"], "connected");
+    assert_eq!(readiness["egressConsumer"], false);
+
+    let snapshot: Value = app.get("/_debug/twilio").await.json().await.unwrap();
+    assert_eq!(snapshot["state"], "DEGRADED");
+    assert_eq!(snapshot["degradedReason"], reason);
+
+    // Nothing consumes the queue, and it is still the quorum queue it was.
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = channel
+        .queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(passive.consumer_count(), 0);
+    let _ = connection.close(200, "done".into()).await;
+    drop(app);
+    delete_queue(&url, &queue).await;
 }

@@ -10,11 +10,11 @@ use serde_json::{json, Value};
 
 use crate::{
     egress_support::{
-        delete_queue, egress_app, fake_twilio, killable_vars, next_matching, reply_to,
-        EgressPublisher, KillableApp, FROM,
+        egress_app, fake_twilio, killable_vars, next_matching, reply_to, EgressPublisher,
+        KillableApp, FROM,
     },
     fake_twilio::{FakeTwilio, Reply, Route},
-    helpers::{fixture_tokens, BusTap, TestApp},
+    helpers::{delete_broker_objects, fixture_tokens, BusTap, TestApp},
     require_broker,
 };
 
@@ -140,9 +140,10 @@ async fn killed_between_send_and_ack(
     fake.wait_for_requests(route, 1, WAIT).await;
     first.kill();
 
-    let _again = KillableApp::spawn(&url, vars).await;
+    let again = KillableApp::spawn(&url, vars).await;
     let sent = status_of(&mut status, &event).await;
-    delete_queue(&url, &queue).await;
+    drop(again);
+    delete_broker_objects(&url, &exchange, &queue);
     (fake, sent)
 }
 

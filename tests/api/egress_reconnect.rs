@@ -44,9 +44,9 @@ async fn the_consumer_comes_back_after_the_broker_closes_its_connection() {
     let pids = match connections_named(&name) {
         Some(pids) if !pids.is_empty() => pids,
         _ => {
-            eprintln!(
-                "\n!!!!!!!! SKIPPING reconnect test: rabbitmqctl cannot list the app's broker \
-                 connection. !!!!!!!!\n"
+            crate::helpers::report_skip(
+                "rabbitmqctl",
+                "rabbitmqctl cannot list the app's broker connection",
             );
             delete_queue(&url, &app.egress_queue).await;
             return;

@@ -25,11 +25,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    egress_support::{
-        delete_queue, fake_twilio, killable_vars, next_matching, reply_to, EgressPublisher,
-    },
+    egress_support::{fake_twilio, killable_vars, next_matching, reply_to, EgressPublisher},
     fake_twilio::{FakeTwilio, Reply, Route},
-    helpers::BusTap,
+    helpers::{delete_broker_objects, BusTap},
     require_broker,
 };
 
@@ -147,7 +145,11 @@ impl Consumer {
 
     async fn cleanup(self, url: &str) {
         self.bus.close().await;
-        delete_queue(url, &self.settings.bus.egress_queue).await;
+        delete_broker_objects(
+            url,
+            &self.settings.bus.exchange,
+            &self.settings.bus.egress_queue,
+        );
     }
 }
 

@@ -172,6 +172,33 @@ pub async fn next_matching(tap: &mut BusTap, pred: impl Fn(&Value) -> bool) -> V
 }
 
 /// Deletes a test's durable egress queue (quorum queues are not auto-deleted).
+/// Declares a durable `queue` of `queue_type` (`quorum` or `classic`) as another deployment
+/// (or an older configuration) would have left it.
+pub async fn declare_queue_of_type(amqp_url: &str, queue: &str, queue_type: &str) {
+    let connection = Connection::connect(amqp_url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString(queue_type.into()),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .unwrap();
+    let _ = channel.close(200, "done".into()).await;
+    let _ = connection.close(200, "done".into()).await;
+}
+
 pub async fn delete_queue(amqp_url: &str, queue: &str) {
     if let Ok(connection) = Connection::connect(amqp_url, ConnectionProperties::default()).await {
         if let Ok(channel) = connection.create_channel().await {

@@ -194,6 +194,8 @@ async fn requests_refused_by_the_http_layer_are_not_logged_as_errors() {
     let outbox = tempfile::tempdir().unwrap();
     let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
         .env_clear()
+        // Away from the repository, whose .env the binary would read.
+        .current_dir(outbox.path())
         .env("PORT", port.to_string())
         .env("LOG_FORMAT", "json")
         .env("OUTBOX_DIR", outbox.path())

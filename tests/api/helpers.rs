@@ -1,8 +1,15 @@
 //! Test harness: spawns the real application on a random port against a real RabbitMQ, taps
-//! the exchange with a private queue, and loads the signed Twilio fixtures. Every app's spans
-//! are traced as the service traces them and can be read back through [`spans`].
+//! the exchange with a private queue, loads the signed Twilio fixtures, and makes tests skipped
+//! for want of a broker visible in the run's output. Every app's spans are traced as the service
+//! traces them and can be read back through [`spans`].
 
-use std::{collections::BTreeMap, path::PathBuf, sync::OnceLock, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Write,
+    path::PathBuf,
+    sync::{Mutex, Once, OnceLock, PoisonError},
+    time::Duration,
+};
 
 use ingress_egress::{
     configuration::Settings,
@@ -16,8 +23,9 @@ use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
 
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
-/// The broker URL tests use, or `None` (with a loud notice) when no broker answers.
-/// With `REQUIRE_AMQP=1` a missing broker fails the test instead.
+/// The broker URL tests use, or `None` when no broker answers: the test then passes without
+/// running, and [`report_skip`] makes that visible. With `REQUIRE_AMQP=1` a missing broker
+/// fails the test instead.
 pub async fn broker_url() -> Option<String> {
     let url = std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned());
     let reachable = tokio::time::timeout(
@@ -38,16 +46,67 @@ pub async fn broker_url() -> Option<String> {
             if std::env::var("REQUIRE_AMQP").as_deref() == Ok("1") {
                 panic!("REQUIRE_AMQP=1 but RabbitMQ is not reachable at {url}: {reason}");
             }
-            eprintln!(
-                "\n!!!!!!!! SKIPPING broker test: RabbitMQ not reachable ({reason}). \
-                 Set REQUIRE_AMQP=1 to make this a failure. !!!!!!!!\n"
+            report_skip(
+                "RabbitMQ",
+                &format!(
+                    "RabbitMQ is not reachable at {} ({reason})",
+                    ingress_egress::configuration::redact_url(&url)
+                ),
             );
             None
         }
     }
 }
 
-/// Returns from the test early (after a loud notice) when no broker is available.
+/// How many tests skipped in this run, by what they needed (`RabbitMQ`, `Redis`, …).
+static SKIPPED: Mutex<BTreeMap<&'static str, usize>> = Mutex::new(BTreeMap::new());
+
+/// Says, past the test harness's output capture, that a test is skipped because `need` (e.g.
+/// `RabbitMQ`) is missing (`why`: one line, no secret): a notice at the first skip for each
+/// need and, when the test binary exits, how many were skipped (the harness reports them as
+/// passed, so its summary alone would hide them).
+pub fn report_skip(need: &'static str, why: &str) {
+    let first_of_need = {
+        let mut skipped = SKIPPED.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = skipped.entry(need).or_default();
+        *count += 1;
+        *count == 1
+    };
+    if first_of_need {
+        // Written to the stream itself: the harness captures only `print!`/`eprint!`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n!!!! {why}: tests that need {need} are SKIPPED and reported as passed. Start it \
+             (see the README) or set REQUIRE_AMQP=1 to make this a failure. !!!!\n"
+        );
+    }
+    static AT_EXIT: Once = Once::new();
+    AT_EXIT.call_once(|| {
+        extern "C" fn summary() {
+            let skipped = SKIPPED.lock().unwrap_or_else(PoisonError::into_inner);
+            let total: usize = skipped.values().sum();
+            let needs: Vec<String> = skipped
+                .iter()
+                .map(|(need, count)| format!("{need}: {count}"))
+                .collect();
+            let _ = writeln!(
+                std::io::stderr(),
+                "\n!!!! {total} test{} SKIPPED for want of {}, so \"test result: ok\" above does \
+                 not cover {}. !!!!",
+                if total == 1 { " was" } else { "s were" },
+                needs.join(", "),
+                if total == 1 { "it" } else { "them" }
+            );
+        }
+        // SAFETY: `atexit` only records the function; `summary` reads a mutex and writes to
+        // stderr.
+        unsafe {
+            libc::atexit(summary);
+        }
+    });
+}
+
+/// Returns from the test early (reported by [`report_skip`]) when no broker is available.
 #[macro_export]
 macro_rules! require_broker {
     () => {
@@ -79,40 +138,47 @@ impl Drop for TestApp {
         self.shutdown.cancel();
         self.server.abort();
         // Remove this test's durable exchange and egress queue so the broker does not fill up
-        // with them (Drop cannot await: do it on a short-lived thread of its own).
-        if let Some(url) = self.amqp_url.clone() {
-            let exchange = self.exchange.clone();
-            let queue = self.egress_queue.clone();
-            let _ =
-                std::thread::spawn(move || delete_broker_objects(&url, &exchange, &queue)).join();
+        // with them.
+        if let Some(url) = &self.amqp_url {
+            delete_broker_objects(url, &self.exchange, &self.egress_queue);
         }
     }
 }
 
+/// Deletes `queue` and `exchange` from the broker at `url` (best effort). Runs on a thread of
+/// its own, so it works from `Drop` and from inside a test's runtime alike.
 pub fn delete_broker_objects(url: &str, exchange: &str, queue: &str) {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return;
-    };
-    runtime.block_on(async {
-        let cleanup = async {
-            let connection = Connection::connect(url, ConnectionProperties::default()).await?;
-            let channel = connection.create_channel().await?;
-            channel
-                .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
-                .await?;
-            channel
-                .exchange_delete(
-                    exchange.into(),
-                    lapin::options::ExchangeDeleteOptions::default(),
-                )
-                .await?;
-            connection.close(200, "test cleanup".into()).await
+    let (url, exchange, queue) = (url.to_owned(), exchange.to_owned(), queue.to_owned());
+    let _ = std::thread::spawn(move || {
+        let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
-    });
+        runtime.block_on(async {
+            let cleanup = async {
+                let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+                let channel = connection.create_channel().await?;
+                channel
+                    .queue_delete(
+                        queue.as_str().into(),
+                        lapin::options::QueueDeleteOptions::default(),
+                    )
+                    .await?;
+                channel
+                    .exchange_delete(
+                        exchange.as_str().into(),
+                        lapin::options::ExchangeDeleteOptions::default(),
+                    )
+                    .await?;
+                let _ = channel.close(200, "test cleanup".into()).await;
+                connection.close(200, "test cleanup".into()).await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), cleanup).await;
+        });
+    })
+    .join();
 }
 
 /// Variables every test app gets: fixture credentials, a private exchange and queue, a fresh

@@ -4,11 +4,14 @@
 pub mod fake_twilio;
 mod hardening;
 mod helpers;
+mod process;
 
 mod architecture;
 mod asyncapi;
 mod broker_proxy;
+mod broker_skip;
 mod broker_trouble;
+mod cli;
 mod connector_link;
 mod conversations;
 mod conversations_service;
@@ -34,6 +37,7 @@ mod replicas;
 mod second_connector;
 mod shared_state;
 mod signature_fixtures;
+mod simulate_cli;
 mod sms_webhook;
 mod startup_errors;
 mod status_callbacks;

@@ -12,10 +12,13 @@ use crate::{
 const DEBUG_TOKEN: &str = "debug-token-for-operator-tests";
 const OPERATOR_TOKEN: &str = "operator-token-for-operator-tests";
 
-/// Keeps whatever egress consumer runs away from the real Twilio: nothing listens on port 9.
-const NO_TWILIO: [(&str, &str); 2] = [
+/// Keeps whatever egress consumer runs away from the real Twilio (nothing listens on port 9),
+/// with a sender and a bot identity so sends to every kind of recipient are accepted.
+const NO_TWILIO: [(&str, &str); 4] = [
     ("TWILIO_API_BASE_URL", "http://127.0.0.1:9"),
     ("TWILIO_CONVERSATIONS_BASE_URL", "http://127.0.0.1:9"),
+    ("TWILIO_PHONE_NUMBER", "+15005550001"),
+    ("TWILIO_IDENTITY", "operator-test-bot"),
 ];
 
 async fn send(app: &TestApp, bearer: Option<&str>, body: &Value) -> reqwest::Response {
@@ -285,6 +288,77 @@ async fn bad_requests_get_the_json_error_shape_and_publish_nothing() {
 }
 
 #[tokio::test]
+async fn a_send_the_configuration_cannot_carry_out_is_refused_naming_the_setting() {
+    let sms = json!({"to": "+15005550006", "text": "hi"});
+    let conversation = json!({"to": "CH0123456789abcdef0123456789abcdef", "text": "hi"});
+    // Each case removes settings (an empty override removes a variable): what is removed, what
+    // is sent, and the setting the answer must name.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a Value, &'a str);
+    let cases: [Case; 5] = [
+        (
+            &[("TWILIO_PHONE_NUMBER", "")],
+            &sms,
+            "TWILIO_PHONE_NUMBER (or TWILIO_MESSAGING_SERVICE_SID) is not set",
+        ),
+        (
+            &[("TWILIO_ACCOUNT_SID", "")],
+            &sms,
+            "TWILIO_ACCOUNT_SID is not set",
+        ),
+        (
+            &[
+                ("TWILIO_AUTH_TOKEN", ""),
+                ("TWILIO_SECONDARY_AUTH_TOKEN", ""),
+            ],
+            &sms,
+            "TWILIO_AUTH_TOKEN (or TWILIO_API_KEY and TWILIO_API_SECRET) is not set",
+        ),
+        (
+            &[("TWILIO_IDENTITY", "")],
+            &conversation,
+            "TWILIO_IDENTITY is not set",
+        ),
+        (
+            &[("TWILIO_ACCOUNT_SID", ""), ("TWILIO_IDENTITY", "")],
+            &conversation,
+            "TWILIO_ACCOUNT_SID is not set",
+        ),
+    ];
+    for (removed, body, names) in cases {
+        let app = spawn_app(None, &vars(removed)).await;
+        let message = assert_error(send(&app, None, body).await, 422, "not_configured").await;
+        assert!(message.starts_with("cannot send: "), "{message}");
+        assert!(message.contains(names), "{removed:?}: {message}");
+        let events: Value = app.get("/_debug/events").await.json().await.unwrap();
+        assert_eq!(
+            events["events"],
+            json!([]),
+            "{removed:?}: nothing was published"
+        );
+    }
+
+    // Without a default sender, a send that names its own is accepted, and a Conversation needs
+    // no phone number.
+    let app = spawn_app(None, &vars(&[("TWILIO_PHONE_NUMBER", "")])).await;
+    let mut with_sender = sms.clone();
+    with_sender["from"] = json!("+15005550001");
+    assert_eq!(send(&app, None, &with_sender).await.status(), 202);
+    assert_eq!(send(&app, None, &conversation).await.status(), 202);
+    let app = spawn_app(
+        None,
+        &vars(&[
+            ("TWILIO_PHONE_NUMBER", ""),
+            (
+                "TWILIO_MESSAGING_SERVICE_SID",
+                "MG00000000000000000000000000000001",
+            ),
+        ]),
+    )
+    .await;
+    assert_eq!(send(&app, None, &sms).await.status(), 202);
+}
+
+#[tokio::test]
 async fn the_operation_is_documented_with_examples() {
     let app = spawn_app(None, &[]).await;
     let doc = app.openapi_document().await;
@@ -296,5 +370,9 @@ async fn the_operation_is_documented_with_examples() {
     }
     assert!(operation["responses"]["202"].is_object());
     assert!(operation["responses"]["400"].is_object());
+    assert_eq!(
+        operation["responses"]["422"]["content"]["application/json"]["example"]["error"]["code"],
+        "not_configured"
+    );
     assert_eq!(operation["security"][0]["bearer"], json!([]));
 }

@@ -109,7 +109,10 @@ fn outbox_files(dir: &std::path::Path) -> usize {
 async fn messages_accepted_while_the_broker_is_unreachable_arrive_exactly_once_in_order() {
     let amqp = require_broker!();
     let mut proxy = BrokerProxy::unstarted();
-    let app = spawn_app_not_ready(Some(&proxy.url()), &[]).await;
+    let mut app = spawn_app_not_ready(Some(&proxy.url()), &[]).await;
+    // Clean up through the broker itself: the proxy runs on this test's runtime, which the
+    // clean-up blocks.
+    app.amqp_url = Some(amqp.clone());
     assert_eq!(app.get("/readyz").await.status(), 503);
 
     let accepted = accept_messages(&app, 20, 0).await;
@@ -140,11 +143,12 @@ async fn a_broker_lost_mid_stream_loses_nothing() {
     let amqp = require_broker!();
     let mut proxy = BrokerProxy::unstarted();
     proxy.start().await;
-    let app = spawn_app_not_ready(
+    let mut app = spawn_app_not_ready(
         Some(&proxy.url()),
         &[("PUBLISH_CONFIRM_TIMEOUT_MS", "1000")],
     )
     .await;
+    app.amqp_url = Some(amqp.clone());
     app.wait_ready(Duration::from_secs(15)).await;
     let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
 
@@ -202,6 +206,8 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
         std::process::Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
             .env_clear()
             .envs(vars)
+            // Away from the repository, whose .env the binary would read.
+            .current_dir(outbox.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -243,10 +249,7 @@ async fn the_outbox_survives_kill_9_and_drains_after_restart() {
     second.wait().unwrap();
     assert_eq!(received, accepted);
     assert_eq!(outbox_files(outbox.path()), 0);
-    let queue = vars["AMQP_EGRESS_QUEUE"].clone();
-    std::thread::spawn(move || crate::helpers::delete_broker_objects(&amqp, &exchange, &queue))
-        .join()
-        .unwrap();
+    crate::helpers::delete_broker_objects(&amqp, &exchange, &vars["AMQP_EGRESS_QUEUE"]);
 }
 
 #[tokio::test]
@@ -256,11 +259,12 @@ async fn a_stalled_broker_cannot_hold_an_event_streams_batch_past_twilios_timeou
     proxy.start().await;
     // A confirm wait of an hour: only the webhook's own deadline (Twilio waits 5 s for Event
     // Streams) can end it in time.
-    let app = spawn_app_not_ready(
+    let mut app = spawn_app_not_ready(
         Some(&proxy.url()),
         &[("PUBLISH_CONFIRM_TIMEOUT_MS", "3600000")],
     )
     .await;
+    app.amqp_url = Some(amqp.clone());
     app.wait_ready(Duration::from_secs(15)).await;
     let mut tap = BusTap::bind(&amqp, &app.exchange, topics::INGRESS).await;
     let batch = fixture("es_batch_mixed");

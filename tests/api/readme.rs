@@ -37,6 +37,19 @@ fn the_console_url_table_is_what_the_service_prints() {
     );
 }
 
+#[test]
+fn the_readme_runs_no_second_release_build_and_names_no_outside_files() {
+    let readme = readme();
+    assert!(
+        !readme.contains("--release"),
+        "the RabbitMQ section reuses the debug build"
+    );
+    assert!(
+        !readme.contains("../shared"),
+        "a clone has nothing beside it"
+    );
+}
+
 #[tokio::test]
 async fn the_snapshot_lists_the_console_urls_for_the_configured_base() {
     let app = crate::helpers::spawn_app(None, &[]).await;

@@ -37,7 +37,7 @@ pub async fn redis_answers(port: u16) -> bool {
     )
 }
 
-/// The Redis of the tests, or `None` (with a loud notice) when none answers on 6379. With
+/// The Redis of the tests, or `None` (reported by `report_skip`) when none answers on 6379. With
 /// `REQUIRE_REDIS=1` or `REQUIRE_AMQP=1` (CI) a missing Redis fails the test instead.
 pub async fn redis_url() -> Option<String> {
     if redis_answers(6379).await {
@@ -50,7 +50,7 @@ pub async fn redis_url() -> Option<String> {
         !required,
         "Redis is required but not answering at {REDIS_URL}"
     );
-    eprintln!("\n!!!!!!!! SKIPPING multi-instance test: no Redis at {REDIS_URL} !!!!!!!!\n");
+    crate::helpers::report_skip("Redis", &format!("no Redis answers at {REDIS_URL}"));
     None
 }
 
@@ -288,6 +288,8 @@ impl Cluster {
         let log_file = std::fs::File::create(&log).unwrap();
         let process = Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
             .env_clear()
+            // Away from the repository, whose .env the binary would read.
+            .current_dir(outbox.path())
             .envs(&self.vars)
             .env("PORT", port.to_string())
             .env("INSTANCE_ID", &instance_id)

@@ -7,7 +7,9 @@ fn binary() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ingress-egress"));
     command
         .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        // Away from the repository, whose .env the binary would read.
+        .current_dir(std::env::temp_dir());
     command
 }
 

@@ -260,6 +260,8 @@ async fn the_binary_exports_spans_over_otlp_and_logs_link_to_the_trace() {
     let outbox = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
         .env_clear()
+        // Away from the repository, whose .env the binary would read.
+        .current_dir(std::env::temp_dir())
         .env("PORT", "0")
         .env("APP_ENV", "development")
         .env("LOG_FORMAT", "json")

@@ -54,10 +54,15 @@ if [ -z "$base_url" ]; then
   base_url="http://127.0.0.1:$port"
   log "starting $binary on $base_url"
   # Development mode with the embedded bus: the check needs no broker and no Twilio account.
-  env -u AMQP_URL -u DEBUG_TOKEN -u OPERATOR_TOKEN -u RUST_LOG \
+  # A sender and credentials make the operator send acceptable; nothing listens where the
+  # REST calls would go. Started in the empty work directory, so no .env is read.
+  (cd "$workdir" && exec env -u AMQP_URL -u DEBUG_TOKEN -u OPERATOR_TOKEN -u RUST_LOG \
     APP_ENV=development PORT="$port" OUTBOX_DIR="$workdir/outbox" \
     LOG_FORMAT=json LOG_LEVEL=warn \
-    "$binary" serve >"$workdir/service.log" 2>&1 &
+    TWILIO_ACCOUNT_SID=AC00000000000000000000000000000001 \
+    TWILIO_AUTH_TOKEN=browser-check-auth-token TWILIO_PHONE_NUMBER=+15005550001 \
+    TWILIO_API_BASE_URL=http://127.0.0.1:9 TWILIO_CONVERSATIONS_BASE_URL=http://127.0.0.1:9 \
+    "$binary" serve) >"$workdir/service.log" 2>&1 &
   service_pid=$!
 
   ready=""

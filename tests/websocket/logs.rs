@@ -15,7 +15,7 @@ use crate::{
     emulator::{
         Emulator, ACCOUNT_SID, API_KEY_SECRET, API_KEY_SID, BOT, CHAT_SERVICE_SID, SMS_USER, WAIT,
     },
-    helpers::{fixture_tokens, BusTap},
+    helpers::{delete_broker_objects, fixture_tokens, BusTap},
     require_broker,
 };
 
@@ -104,7 +104,9 @@ async fn a_whole_socket_session_logged_at_trace_carries_no_secret() {
     let tokens = fixture_tokens();
     let outbox = tempfile::tempdir().unwrap();
 
+    // Away from the repository, whose `.env` the binary would read.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ingress-egress"))
+        .current_dir(outbox.path())
         .env_clear()
         .env("PORT", "0")
         .env("APP_ENV", "development")
@@ -190,6 +192,7 @@ async fn a_whole_socket_session_logged_at_trace_carries_no_secret() {
     for reader in readers {
         reader.join().unwrap();
     }
+    delete_broker_objects(&url, &exchange, &format!("{exchange}.egress"));
 
     let text = lines.lock().unwrap().join("\n");
     // The output is the session's: trace lines from the socket client and from the crates

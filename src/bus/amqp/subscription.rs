@@ -5,7 +5,8 @@
 //! own channel on the link with the prefetch set and consumes; deliveries go to the subscriber
 //! through a channel as deep as the prefetch (receiving from it is cancel-safe). When the
 //! channel or connection fails it waits for the next link. While consuming it samples the
-//! queue's depth.
+//! queue's depth. When the queue can never be declared as asked (it exists with another type or
+//! other arguments) it stops and records why in the probe (`/readyz` shows it).
 //!
 //! Stopping is two steps so nothing is lost: [`AmqpSubscription::stop`] cancels the consumer
 //! (no new deliveries) but keeps the channel, so deliveries in flight can still be acked;
@@ -30,7 +31,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{topology::declare_queue, AmqpBus, Link};
+use super::{
+    topology::{declare_queue, TopologyError},
+    AmqpBus, Link,
+};
 use crate::{
     backoff::Backoff,
     bus::delivery::{
@@ -102,6 +106,15 @@ enum Ended {
     LinkLost,
 }
 
+/// Why the queue could not be consumed on a link.
+#[derive(Debug, thiserror::Error)]
+enum OpenFailed {
+    #[error(transparent)]
+    Declare(#[from] TopologyError),
+    #[error("cannot open a consumer channel: {0}")]
+    Channel(#[from] lapin::Error),
+}
+
 impl Consumer {
     async fn run(self) {
         let mut links = self.bus.links();
@@ -116,6 +129,13 @@ impl Consumer {
             };
             let channel = match self.open(&link).await {
                 Ok(channel) => channel,
+                Err(OpenFailed::Declare(error)) if error.is_permanent() => {
+                    // Declaring again cannot succeed until someone changes the queue or the
+                    // configuration: stop, and say so where readiness is read.
+                    tracing::error!(queue = %self.spec.queue, "{error}");
+                    self.probe.consuming.fail(error.to_string());
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%error, queue = %self.spec.queue, "cannot consume the queue; retrying");
                     tokio::select! {
@@ -170,19 +190,12 @@ impl Consumer {
         }
     }
 
-    async fn open(&self, link: &Link) -> Result<Channel, String> {
-        declare_queue(self.bus.settings(), &self.spec)
-            .await
-            .map_err(|e| e.to_string())?;
-        let channel = link
-            .connection
-            .create_channel()
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn open(&self, link: &Link) -> Result<Channel, OpenFailed> {
+        declare_queue(self.bus.settings(), &self.spec).await?;
+        let channel = link.connection.create_channel().await?;
         channel
             .basic_qos(self.spec.prefetch, BasicQosOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(channel)
     }
 

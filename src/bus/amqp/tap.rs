@@ -1,4 +1,4 @@
-//! A way to watch what the service publishes (used by `simulate` and the tests).
+//! A way to watch what the service publishes (used by `simulate`, `watch` and the tests).
 
 use std::time::Duration;
 
@@ -62,8 +62,16 @@ impl Tap {
 
     /// The next message, or `None` when none arrives within `wait` (or the tap closed).
     pub async fn next(&mut self, wait: Duration) -> Option<lapin::message::Delivery> {
-        match tokio::time::timeout(wait, self.consumer.next()).await {
-            Ok(Some(Ok(delivery))) => Some(delivery),
+        tokio::time::timeout(wait, self.next_message())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The next message, however long it takes; `None` once the tap closed.
+    pub async fn next_message(&mut self) -> Option<lapin::message::Delivery> {
+        match self.consumer.next().await {
+            Some(Ok(delivery)) => Some(delivery),
             _ => None,
         }
     }

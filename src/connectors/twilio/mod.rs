@@ -9,16 +9,22 @@
 //!   that signs a sample webhook.
 //! - `websocket` (cargo feature `websocket`): the Conversations socket, a second source of
 //!   the same envelopes and optionally the way replies to conversations are posted.
+//! - [`console`]: the URLs to paste into the Twilio console; [`prerequisites`]: what a send
+//!   needs from the configuration; [`notes`]: what start-up says; [`signing`]: the non-secret
+//!   facts of signature checks.
 
 pub mod address;
 pub mod config;
 pub mod console;
 pub mod egress;
 pub mod ingress;
+pub mod notes;
 pub mod operator;
 pub mod opt_out;
+pub mod prerequisites;
 pub mod rest;
 pub(crate) mod shared;
+pub mod signing;
 pub mod simulate;
 #[cfg(feature = "websocket")]
 pub mod websocket;
@@ -32,17 +38,20 @@ use serde_json::json;
 use utoipa::OpenApi;
 
 use crate::{
+    banner::ConnectorNotes,
     configuration::{parse::redact_url, ConfigError},
     connectors::{Connector, ConnectorContext, LinkReadiness},
     egress::sink::EgressSink,
     metrics::Metrics,
 };
-use config::{TwilioSettings, DEVELOPMENT_AUTH_TOKEN};
+use config::TwilioSettings;
+use console::console_urls;
 use egress::{auto_join::AutoJoiner, sink::TwilioSink};
 use ingress::{signature::SignatureValidator, webhook::WebhookVerifier, IngressContext};
 use operator::OperatorContext;
 use opt_out::OptOuts;
 use shared::{Twilio, CONNECTOR};
+use signing::SigningFacts;
 
 /// The connector as registered: its shared state, ingress context and sink.
 pub struct TwilioConnector {
@@ -65,18 +74,12 @@ impl TwilioConnector {
         if !settings.enabled {
             return Ok(None);
         }
-        if context.settings.public_base_url.is_none() {
-            tracing::warn!(
-                "PUBLIC_BASE_URL is not set: webhook signatures are checked against the Host the \
-                 request names (and X-Forwarded-* only with TRUST_FORWARDED_HEADERS=true). For \
-                 local use only; set it to the URL Twilio calls."
-            );
-        }
+        // Without PUBLIC_BASE_URL the start-up banner says so, and the first webhook warns.
         if settings.using_development_token {
+            // Short enough for one terminal line; the token itself is in `config`.
             tracing::warn!(
-                token = DEVELOPMENT_AUTH_TOKEN,
-                "TWILIO_AUTH_TOKEN is not set: validating webhooks with the public DEVELOPMENT token. \
-                 NOT FOR PRODUCTION: anyone can sign requests with it."
+                "TWILIO_AUTH_TOKEN is not set: webhooks are checked with the public DEVELOPMENT \
+                 token, which anyone can sign with"
             );
         }
         Ok(Some(Arc::new(Self::new(context, settings)?)))
@@ -136,7 +139,7 @@ impl TwilioConnector {
             ingress,
             operator: OperatorContext {
                 auth: context.operator_auth.clone(),
-                publisher: context.publisher.clone(),
+                twilio: twilio.clone(),
                 body_read_timeout: context.settings.body_read_timeout,
             },
             sink: Arc::new(sink),
@@ -167,6 +170,10 @@ impl TwilioConnector {
             "leaveClosedAfterDays": settings.socket.leave_closed_after_days,
             "socket": socket,
         })
+    }
+
+    fn public_base_url(&self) -> Option<&url::Url> {
+        self.ingress.verifier().public_base_url.as_ref()
     }
 }
 
@@ -247,7 +254,7 @@ impl Connector for TwilioConnector {
             "lastInboundAt": activity.last_inbound_at,
             "lastOutboundAt": activity.last_outbound_at,
             "lastError": activity.last_error.map(|(at, message)| json!({"at": at, "message": message})),
-            "consoleUrls": self.ingress.verifier().public_base_url.as_ref().map(console::console_urls),
+            "consoleUrls": self.public_base_url().map(console_urls),
             "config": {
                 "accountSid": settings.account_sid,
                 "sender": {
@@ -262,10 +269,15 @@ impl Connector for TwilioConnector {
                 "secondaryAuthTokenConfigured": settings.secondary_auth_token.is_some(),
                 "statusCallbackConfigured": settings.status_callback_url.is_some(),
                 "maxSendRate": settings.max_send_rate,
-                "publicBaseUrl": self.ingress.verifier().public_base_url.as_ref().map(|u| u.as_str()),
+                "publicBaseUrl": self.public_base_url().map(|u| u.as_str()),
                 "websocketFeature": cfg!(feature = "websocket"),
             },
             "transport": self.transport_snapshot(),
+            "signing": SigningFacts::new(settings, self.public_base_url()),
         })
+    }
+
+    fn startup_notes(&self, port: u16) -> ConnectorNotes {
+        notes::startup_notes(self.settings(), self.public_base_url(), port)
     }
 }

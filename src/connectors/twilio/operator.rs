@@ -4,7 +4,9 @@
 //! other egress event.
 //!
 //! Guarded by `Authorization: Bearer` with `DEBUG_TOKEN` or `OPERATOR_TOKEN`; with neither
-//! configured it is open in development and disabled (404) in production.
+//! configured it is open in development and disabled (404) in production. A send the
+//! configuration cannot carry out (no sender, no REST credentials, no bot identity) is refused
+//! with 422 naming the setting, instead of being accepted and dead-lettered at once.
 
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use chrono::Utc;
@@ -15,7 +17,8 @@ use uuid::Uuid;
 
 use super::{
     address::{channel_type_of, Address},
-    shared::{CONNECTOR, PLATFORM},
+    prerequisites::{missing_for, Recipient},
+    shared::{Twilio, CONNECTOR, PLATFORM},
 };
 use crate::{
     auth::BearerAuth,
@@ -26,15 +29,14 @@ use crate::{
         ENVELOPE_VERSION,
     },
     error::{ApiError, ErrorBody},
-    publisher::EventPublisher,
     telemetry::trace_context::current_trace_id,
 };
 
-/// What the operator route needs: its guard and the publisher.
+/// What the operator route needs: its guard and the connector (settings and publisher).
 #[derive(Clone)]
 pub struct OperatorContext {
     pub auth: BearerAuth,
-    pub publisher: EventPublisher,
+    pub twilio: Twilio,
     /// How long the request body may take to arrive.
     pub body_read_timeout: std::time::Duration,
 }
@@ -110,6 +112,8 @@ pub struct SendMessageAccepted {
 /// The event goes to `internal.egress.v1` with `role: assistant`, `egress.channel` = `to` and a
 /// selected candidate holding `text`; the egress consumer sends it through Twilio's REST API and
 /// publishes the outcome on `internal.egress.status.v1` under the returned `correlationId`.
+/// A send the configuration cannot carry out (no sender for a phone number, no REST
+/// credentials, no `TWILIO_IDENTITY` for a Conversation) is refused with 422 naming the setting.
 /// A repeated `Idempotency-Key` yields the same ids and is not published twice within the
 /// dedupe window.
 #[utoipa::path(
@@ -140,6 +144,8 @@ pub struct SendMessageAccepted {
             example = json!({"error": {"code": "not_found", "message": "not found"}})),
         (status = 415, description = "Not application/json", body = ErrorBody,
             example = json!({"error": {"code": "unsupported_media_type", "message": "expected Content-Type application/json"}})),
+        (status = 422, description = "The service is not configured for this send; the message names the missing setting", body = ErrorBody,
+            example = json!({"error": {"code": "not_configured", "message": "cannot send: TWILIO_PHONE_NUMBER (or TWILIO_MESSAGING_SERVICE_SID) is not set: replies to phone numbers and WhatsApp have no sender and are dead-lettered"}})),
         (status = 503, description = "Neither the broker nor the outbox took the event", body = ErrorBody,
             example = json!({"error": {"code": "unavailable", "message": "event could not be published nor stored; retry later"}})),
     )
@@ -166,6 +172,10 @@ async fn accept(
 ) -> Result<HttpResponse, ApiError> {
     let idempotency_key = idempotency_key(req)?;
     let target = validate(&request)?;
+    let recipient = Recipient::of(&target, request.from.is_some());
+    if let Some(missing) = missing_for(state.twilio.settings(), recipient) {
+        return Err(ApiError::NotConfigured(format!("cannot send: {missing}")));
+    }
     let (message_id, correlation_id) = match &idempotency_key {
         Some(key) => {
             let message_id = format!("operator:{key}");
@@ -188,10 +198,11 @@ async fn accept(
     )
     .map_err(|e| ApiError::BadRequest(format!("cannot encode event: {e}")))?;
 
+    let publisher = state.twilio.publisher();
     let result = if idempotency_key.is_some() {
-        state.publisher.publish_once(message).await
+        publisher.publish_once(message).await
     } else {
-        state.publisher.publish(message).await
+        publisher.publish(message).await
     };
     let delivery = result.map_err(|error| {
         tracing::error!(%error, %correlation_id, "operator send not accepted");

@@ -102,7 +102,7 @@ pub fn configure(context: IngressContext, config: &mut web::ServiceConfig) {
     params(("X-Twilio-Signature" = String, Header, description = "Twilio's HMAC-SHA1 signature of the request")),
     request_body(content = conversations::ConversationsEventForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "Accepted (published, deduplicated or deliberately ignored); empty TwiML, or an empty body for a pre-event webhook", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 200, description = "Accepted (published, deduplicated or deliberately ignored); empty TwiML, or an empty body for a pre-event webhook", headers(("X-Ingress-Delivery" = String, description = "What became of the event: published, outboxed, duplicate (not published again) or ignored")), content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
         (status = 400, description = "Malformed webhook", body = ErrorBody),
         (status = 403, description = "Missing or invalid X-Twilio-Signature", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -166,7 +166,7 @@ pub async fn conversations_webhook_get(
     ),
     request_body(content = status::StatusCallbackForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "Accepted; empty TwiML. Publishes a StatusEvent (schema `StatusEvent`) on internal.egress.status.v1", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 200, description = "Accepted; empty TwiML. Publishes a StatusEvent (schema `StatusEvent`) on internal.egress.status.v1", headers(("X-Ingress-Delivery" = String, description = "What became of the event: published, outboxed, duplicate (not published again) or ignored")), content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
         (status = 400, description = "Malformed callback (no MessageSid, MessageStatus or To)", body = ErrorBody),
         (status = 403, description = "Missing or invalid X-Twilio-Signature", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -243,7 +243,7 @@ pub async fn status_webhook(
         }
     ])),
     responses(
-        (status = 200, description = "Batch accepted", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 200, description = "Batch accepted", headers(("X-Ingress-Delivery" = String, description = "What became of the event: published, outboxed, duplicate (not published again) or ignored")), content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
         (status = 400, description = "Body is not a JSON array of CloudEvent objects", body = ErrorBody),
         (status = 403, description = "Missing or invalid X-Twilio-Signature or bodySHA256", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -306,7 +306,7 @@ pub async fn event_streams_webhook_get(
     params(("X-Twilio-Signature" = String, Header, description = "Twilio's HMAC-SHA1 signature of the request")),
     request_body(content = sms::InboundSmsForm, content_type = "application/x-www-form-urlencoded"),
     responses(
-        (status = 200, description = "Accepted; empty TwiML", content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
+        (status = 200, description = "Accepted; empty TwiML", headers(("X-Ingress-Delivery" = String, description = "What became of the event: published, outboxed, duplicate (not published again) or ignored")), content_type = "text/xml", body = String, example = json!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Response/>")),
         (status = 400, description = "Malformed webhook", body = ErrorBody),
         (status = 403, description = "Missing or invalid X-Twilio-Signature", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),

@@ -1,6 +1,7 @@
 //! Publishing what a webhook carried and answering Twilio: at most once per message id within
 //! the dedupe window, before the webhook's [`Deadline`], 503 when neither the broker nor the
-//! outbox took it, and the metrics every webhook reports.
+//! outbox took it, what became of the event in the answer's `X-Ingress-Delivery` header, and the
+//! metrics every webhook reports.
 
 use actix_web::HttpResponse;
 use tokio::time::Instant;
@@ -15,7 +16,7 @@ use crate::{
     connectors::twilio::shared::{CONNECTOR, INGRESS_SOURCE},
     envelope::{topics, InternalEventV2},
     error::ApiError,
-    publisher::Delivery,
+    publisher::{Delivery, DELIVERY_HEADER},
 };
 
 /// The empty TwiML document: acknowledge, send no reply from Twilio itself.
@@ -81,6 +82,16 @@ pub(crate) enum WebhookOutcome {
     PreEvent,
 }
 
+impl WebhookOutcome {
+    /// The outcome's name in metrics and in the [`DELIVERY_HEADER`] of the answer.
+    fn as_str(&self) -> &'static str {
+        match self {
+            WebhookOutcome::Delivered(delivery) => delivery.as_str(),
+            WebhookOutcome::Ignored | WebhookOutcome::PreEvent => "ignored",
+        }
+    }
+}
+
 /// Runs a webhook handler: gives it its [`Deadline`], measures it, counts its outcome and
 /// answers with empty TwiML (an empty body for pre-events).
 pub(crate) async fn handle<F, W>(
@@ -102,8 +113,7 @@ where
     let result = work(deadline).await;
     timer.observe_duration();
     let outcome = match &result {
-        Ok(WebhookOutcome::Delivered(delivery)) => delivery.as_str(),
-        Ok(WebhookOutcome::Ignored | WebhookOutcome::PreEvent) => "ignored",
+        Ok(outcome) => outcome.as_str(),
         Err(ApiError::PayloadTooLarge { .. }) => "too_large",
         Err(error) => error.code(),
     };
@@ -112,19 +122,20 @@ where
         .with_label_values(&[CONNECTOR, route, outcome])
         .inc();
     match result {
-        Ok(WebhookOutcome::PreEvent) => Ok(HttpResponse::Ok().finish()),
+        Ok(WebhookOutcome::PreEvent) => Ok(HttpResponse::Ok()
+            .insert_header((DELIVERY_HEADER, outcome))
+            .finish()),
         Ok(_) => {
             twilio.record_inbound();
             Ok(HttpResponse::Ok()
                 .content_type("text/xml; charset=utf-8")
+                .insert_header((DELIVERY_HEADER, outcome))
                 .body(EMPTY_TWIML))
         }
         Err(error) => {
-            if matches!(error, ApiError::BadSignature(_)) {
-                tracing::warn!(route, reason = %error, "webhook rejected: bad signature");
-            } else {
-                tracing::info!(route, reason = %error, "webhook rejected");
-            }
+            // A client's mistake, not ours; a signature that does not match is also a warning
+            // with the URL that was checked (see `webhook`).
+            tracing::info!(route, reason = %error, "webhook rejected");
             Err(error)
         }
     }

@@ -84,6 +84,12 @@ pub fn compute_signature(token: &str, url: &str, params: &[(String, String)]) ->
     sign(token, url, &signed_params(params))
 }
 
+/// A short, one-way fingerprint of an auth token (the first 8 hex digits of its SHA-256): enough
+/// to tell whether two processes hold the same token, useless for signing.
+pub fn token_fingerprint(token: &str) -> String {
+    hex::encode(&Sha256::digest(token.as_bytes())[..4])
+}
+
 /// The hex SHA-256 of a JSON body, as Twilio puts in `bodySHA256`.
 pub fn body_sha256(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
@@ -225,6 +231,13 @@ mod tests {
             Some(SecretString::from("new-token")),
         );
         assert!(rotating.is_valid(url, SignedBody::Form(&p), &signature));
+    }
+
+    #[test]
+    fn a_fingerprint_is_eight_hex_digits_of_the_tokens_sha256() {
+        // printf %s 12345 | sha256sum → 5994471abb01112afcc18159f6cc74b4f511b99806da59b3caf5a9c173cacfc5
+        assert_eq!(token_fingerprint("12345"), "5994471a");
+        assert_ne!(token_fingerprint("12346"), token_fingerprint("12345"));
     }
 
     #[test]

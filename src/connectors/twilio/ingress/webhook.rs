@@ -181,16 +181,35 @@ impl WebhookVerifier {
         body: SignedBody<'_>,
         signature: &str,
     ) -> Result<(), ApiError> {
-        if self
-            .validator
-            .is_valid(&self.signed_url(req), body, signature)
-        {
+        let url = self.signed_url(req);
+        if self.validator.is_valid(&url, body, signature) {
             return Ok(());
         }
+        self.log_mismatch(&url);
         Err(ApiError::BadSignature(match body {
             SignedBody::Form(_) => "X-Twilio-Signature does not match this request",
             SignedBody::Json(_) => "X-Twilio-Signature or bodySHA256 does not match this request",
         }))
+    }
+
+    /// Says which URL the signature was checked against (scheme, host and path: never the
+    /// signature, the token or the query), since a URL that differs from the one Twilio called
+    /// is the usual cause.
+    fn log_mismatch(&self, signed_url: &str) {
+        let checked = Url::parse(signed_url).map_or_else(
+            |_| "<unparseable>".to_owned(),
+            |url| format!("{}{}", url.origin().ascii_serialization(), url.path()),
+        );
+        let base = if self.public_base_url.is_some() {
+            "PUBLIC_BASE_URL"
+        } else {
+            "the request's own scheme and host (PUBLIC_BASE_URL is not set)"
+        };
+        tracing::warn!(
+            checked_url = %checked,
+            base,
+            "webhook rejected: X-Twilio-Signature does not match checked_url and the auth token"
+        );
     }
 
     /// Size, content type (when a body is expected) and signature presence, before reading
@@ -277,9 +296,8 @@ impl WebhookVerifier {
         if self.warn_unconfigured_url.swap(false, Ordering::Relaxed) {
             tracing::warn!(
                 trusted_forwarded_headers = self.trust_forwarded_headers,
-                "PUBLIC_BASE_URL is not set: webhook signatures are checked against the URL this \
-                 request names itself, which its sender controls. Set PUBLIC_BASE_URL to the URL \
-                 Twilio calls."
+                "PUBLIC_BASE_URL is not set: signatures are checked against the URL the request \
+                 names (its sender chooses it)"
             );
         }
         if self.trust_forwarded_headers {

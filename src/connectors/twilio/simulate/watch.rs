@@ -4,9 +4,14 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use reqwest::StatusCode;
 use secrecy::ExposeSecret;
 
-use crate::{bus::amqp::tap::Tap, configuration::Settings};
+use crate::{
+    bus::amqp::tap::Tap,
+    configuration::Settings,
+    output::{pretty_json, say},
+};
 
 /// How long the envelope may take to appear.
 const LIMIT: Duration = Duration::from_secs(15);
@@ -44,10 +49,19 @@ impl Watch {
         message_id: &str,
     ) -> anyhow::Result<()> {
         if let Some(tap) = self.tap.as_mut() {
-            let (routing_key, body) = wait_for(tap, message_id, LIMIT)
-                .await
-                .with_context(|| format!("{message_id} did not appear on the bus within {LIMIT:?} (is the broker up? see /readyz)"))?;
-            println!("published on {routing_key}:\n{}", pretty(&body));
+            let (routing_key, body) =
+                wait_for(tap, message_id, LIMIT).await.with_context(|| {
+                    format!(
+                    "the service accepted {message_id}, but it did not arrive on exchange {:?} \
+                     within {LIMIT:?}: does the service use the same AMQP_URL, AMQP_EXCHANGE \
+                     and BUS_PREFIX as this shell?",
+                    settings.bus.exchange
+                )
+                })?;
+            say(format_args!(
+                "published on {routing_key}:\n{}",
+                pretty_json(&body)
+            ))?;
             return Ok(());
         }
         let client = reqwest::Client::new();
@@ -59,37 +73,34 @@ impl Watch {
             if let Some(token) = &settings.debug_token {
                 request = request.bearer_auth(token.expose_secret());
             }
-            let events: serde_json::Value = request
-                .send()
-                .await
-                .context("reading /_debug/events")?
+            let response = request.send().await.context("reading /_debug/events")?;
+            if response.status() == StatusCode::NOT_FOUND {
+                anyhow::bail!(
+                    "the service published {message_id} to RabbitMQ, not to an embedded bus: \
+                     set the service's AMQP_URL in this shell (or in .env) to see the envelope"
+                );
+            }
+            let events: serde_json::Value = response
                 .error_for_status()
-                .context("reading /_debug/events (is the service using the embedded bus?)")?
+                .context("reading /_debug/events (set the service's DEBUG_TOKEN in this shell)")?
                 .json()
                 .await
                 .context("reading /_debug/events")?;
             if let Some(event) = events["events"].as_array().and_then(|e| e.last()) {
-                println!(
+                say(format_args!(
                     "published on {}:\n{}",
                     event["routingKey"].as_str().unwrap_or("?"),
                     serde_json::to_string_pretty(&event["body"])?
-                );
+                ))?;
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                println!("(not on the embedded bus yet: it may still be in the outbox)");
+                say("(not on the embedded bus yet: it may still be in the outbox)")?;
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn pretty(body: &[u8]) -> String {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok())
-        .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
 
 /// Waits on `tap` for the message with `message_id`; returns its routing key and body.

@@ -20,7 +20,9 @@ use tokio::{
 };
 
 use super::watch::Watch;
-use crate::{configuration::Settings, connectors::twilio::ingress::envelope::message_id};
+use crate::{
+    configuration::Settings, connectors::twilio::ingress::envelope::message_id, output::say,
+};
 
 /// The credentials the emulator is started with and the service mints its tokens from.
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
@@ -91,7 +93,9 @@ async fn demonstrate(
 ) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     wait_until_ready(&http, service, child).await?;
-    println!("service at {service} holds the socket to the emulator");
+    say(format_args!(
+        "service at {service} holds the socket to the emulator"
+    ))?;
 
     let conversation = call(&http, control, "/conversations", json!({})).await?["sid"]
         .as_str()
@@ -124,7 +128,10 @@ async fn demonstrate(
     let sid = message["sid"]
         .as_str()
         .context("the emulator created no message")?;
-    println!("{} wrote {sid} in {conversation}\n", args.from);
+    say(format_args!(
+        "{} wrote {sid} in {conversation}\n",
+        args.from
+    ))?;
     watch.show(settings, service, &message_id(sid)).await
 }
 
