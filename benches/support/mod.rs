@@ -1,5 +1,7 @@
-//! What the benchmarks share: signed webhook requests, a readiness wait, and a lean HTTP/1.1
-//! load generator over keep-alive connections.
+//! What the benchmarks share: signed webhook requests, a readiness wait, a lean HTTP/1.1 load
+//! generator over keep-alive connections, latency percentiles, and the CPU time and peak memory
+//! of a process. Each bench uses part of it.
+#![allow(dead_code)]
 
 use std::{
     sync::Arc,
@@ -7,6 +9,23 @@ use std::{
 };
 
 use ingress_egress::connectors::twilio::ingress::signature::compute_signature;
+
+/// The form parameters of the inbound-SMS webhook number `i` (its MessageSid is unique).
+pub fn sms_params(i: usize) -> Vec<(String, String)> {
+    vec![
+        ("MessageSid".to_owned(), format!("SM{:032x}", i)),
+        ("From".to_owned(), "+14155550100".to_owned()),
+        ("To".to_owned(), "+15005550006".to_owned()),
+        (
+            "Body".to_owned(),
+            format!("benchmark message {i}: the quick brown fox jumps over the lazy dog"),
+        ),
+        ("NumMedia".to_owned(), "0".to_owned()),
+    ]
+}
+
+/// About the size of the envelope the service publishes for [`sms_params`].
+pub const ENVELOPE_BYTES: usize = 1800;
 
 /// Raw HTTP requests of signed inbound-SMS webhooks, one per index (its MessageSid), for the
 /// service at `address` whose `PUBLIC_BASE_URL` is `public_base_url`.
@@ -18,16 +37,7 @@ pub fn signed_sms_requests(
 ) -> Vec<Vec<u8>> {
     indices
         .map(|i| {
-            let params = vec![
-                ("MessageSid".to_owned(), format!("SM{:032x}", i)),
-                ("From".to_owned(), "+14155550100".to_owned()),
-                ("To".to_owned(), "+15005550006".to_owned()),
-                (
-                    "Body".to_owned(),
-                    format!("benchmark message {i}: the quick brown fox jumps over the lazy dog"),
-                ),
-                ("NumMedia".to_owned(), "0".to_owned()),
-            ];
+            let params = sms_params(i);
             let signature = compute_signature(
                 token,
                 &format!("{public_base_url}/webhooks/twilio/sms"),
@@ -43,6 +53,129 @@ pub fn signed_sms_requests(
             .into_bytes()
         })
         .collect()
+}
+
+/// A free local port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `/readyz` every 2 ms until it answers 200 (at most 10 s); the time since `started`.
+pub async fn wait_ready_fast(address: &str, started: Instant) -> Duration {
+    let ready = format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\n\r\n").into_bytes();
+    while started.elapsed() < Duration::from_secs(10) {
+        if let Ok(mut connection) = tokio::net::TcpStream::connect(address).await {
+            if exchange_once(&mut connection, &ready).await == Some(200) {
+                return started.elapsed();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    panic!("the service at {address} was not ready within 10 s");
+}
+
+/// The processor and core count of this machine, for the record.
+pub fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown CPU", |(_, model)| model.trim())
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    format!("{model}, {cores} cores, {memory_gb:.0} GB")
+}
+
+/// Latency percentiles in milliseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut samples: Vec<Duration>) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        samples.sort_unstable();
+        let at = |q: f64| {
+            let index = ((samples.len() as f64 * q).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[index].as_secs_f64() * 1000.0
+        };
+        Self {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>5.1} ms {:>5.1} ms {:>5.1} ms",
+            self.p50, self.p99, self.p999
+        )
+    }
+}
+
+/// CPU time and peak memory of a process, from `/proc`.
+pub struct ProcessStats {
+    pid: u32,
+}
+
+impl ProcessStats {
+    pub fn of(pid: u32) -> Self {
+        Self { pid }
+    }
+
+    /// User + system CPU seconds so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start at field 3.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok());
+        // utime and stime are fields 14 and 15, the 12th and 13th after the name.
+        let total = ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0);
+        total / clock_ticks_per_second()
+    }
+
+    /// Peak resident memory (VmHWM) in kB.
+    pub fn peak_rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 /// Waits (at most 10 s) until the service at `address` answers `/readyz` with 200.

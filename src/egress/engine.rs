@@ -110,8 +110,6 @@ pub(super) struct Plan {
     pub(super) sender_key: String,
     pub(super) metadata: Map<String, Value>,
     pub(super) parts: Vec<PlannedPart>,
-    /// The event as consumed, for the dead letter.
-    pub(super) original: Value,
 }
 
 pub(super) struct PlannedPart {
@@ -275,7 +273,6 @@ impl Engine {
             sender_key,
             metadata,
             parts,
-            original: parsed.json.unwrap_or(Value::Null),
         })
     }
 

@@ -64,14 +64,15 @@ impl SendLedger {
         }
     }
 
-    /// Records an attempt about to be made, keeping the earliest unresolved one.
+    /// Records an attempt about to be made, keeping the earliest unresolved one (and a `Sent`
+    /// record): one atomic set-if-absent.
     pub async fn pending(&self, part_key: &str, since: DateTime<Utc>) -> Result<(), StoreError> {
-        if let Some(PartRecord::Pending { .. } | PartRecord::Sent { .. }) =
-            self.get(part_key).await?
-        {
-            return Ok(());
-        }
-        self.put(part_key, &PartRecord::Pending { since }).await
+        let text = serde_json::to_string(&PartRecord::Pending { since })
+            .expect("ledger records serialise");
+        self.store
+            .put_if_absent(&Self::key(part_key), &text, LEDGER_TTL)
+            .await
+            .map(|_| ())
     }
 
     pub async fn sent(

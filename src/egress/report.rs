@@ -89,7 +89,7 @@ impl Engine {
             correlation_id: Some(plan.correlation_id.to_string()),
             target: Some(plan.target.clone()),
             event_message_id: received.message_id.clone(),
-            original_event: plan.original.clone(),
+            original_event: Parsed::value_of(&received.body),
         };
         let mut event =
             self.status_event(plan, &received, outcome, &reports, attempts, Some(reason));

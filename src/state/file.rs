@@ -19,11 +19,15 @@ use sha2::{Digest, Sha256};
 
 use super::{StateStore, StoreError};
 
+/// How many locks the writes of different keys are spread over.
+const WRITE_LOCKS: usize = 64;
+
 #[derive(Clone)]
 pub struct FileStore {
     dir: Arc<PathBuf>,
-    /// Serialises check-then-set, so `put_if_absent` is atomic within the process.
-    writes: Arc<tokio::sync::Mutex<()>>,
+    /// Serialise the writes of a key (a key always takes the same lock), so `put_if_absent`'s
+    /// check-then-set is atomic within the process while other keys are written meanwhile.
+    writes: Arc<[tokio::sync::Mutex<()>]>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -51,7 +55,9 @@ impl FileStore {
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let store = Self {
             dir: Arc::new(dir),
-            writes: Arc::default(),
+            writes: (0..WRITE_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         };
         store.sweep_now();
         Ok(store)
@@ -59,6 +65,12 @@ impl FileStore {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The lock serialising the writes of `key`.
+    fn lock_of(&self, key: &str) -> &tokio::sync::Mutex<()> {
+        let digest = Sha256::digest(key.as_bytes());
+        &self.writes[usize::from(digest[0]) % self.writes.len()]
     }
 
     fn path(&self, key: &str) -> PathBuf {
@@ -149,9 +161,10 @@ impl StateStore for FileStore {
         value: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let lock = self.lock_of(key);
         let (key, value) = (key.to_owned(), value.to_owned());
         Box::pin(async move {
-            let _guard = self.writes.lock().await;
+            let _guard = lock.lock().await;
             self.blocking(move |store| store.write(&key, &value, ttl))
                 .await
         })
@@ -163,9 +176,10 @@ impl StateStore for FileStore {
         value: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
+        let lock = self.lock_of(key);
         let (key, value) = (key.to_owned(), value.to_owned());
         Box::pin(async move {
-            let _guard = self.writes.lock().await;
+            let _guard = lock.lock().await;
             self.blocking(move |store| {
                 if store.read_live(&key)?.is_some() {
                     return Ok(false);
@@ -177,9 +191,10 @@ impl StateStore for FileStore {
     }
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let lock = self.lock_of(key);
         let key = key.to_owned();
         Box::pin(async move {
-            let _guard = self.writes.lock().await;
+            let _guard = lock.lock().await;
             self.blocking(move |store| match std::fs::remove_file(store.path(&key)) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -141,7 +141,11 @@ where
     let spans = Targets::new()
         .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
         .with_default(LevelFilter::WARN);
+    // Without the busy/idle timings (a clock read on every poll of an instrumented future) and
+    // the thread attributes (two allocations per span): neither says anything a trace needs.
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(TRACER_NAME))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
         .with_filter(spans)
 }

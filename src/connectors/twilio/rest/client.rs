@@ -64,8 +64,12 @@ impl TwilioRest {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT.min(settings.request_timeout))
             .timeout(settings.request_timeout)
+            // Every connection a send used stays open for the next one: as many idle ones as
+            // there were sends in flight (at most AMQP_PREFETCH). A cap below that closes the
+            // surplus after each burst and opens new ones (a TLS handshake each) for the next.
+            // Over HTTP/2, when Twilio offers it, the sends share one connection.
             .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(32)
+            .pool_max_idle_per_host(usize::MAX)
             .user_agent(concat!("ingress-egress/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("static HTTP client configuration is valid");
