@@ -40,7 +40,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
     BasicProperties, Connection, ConnectionProperties,
 };
-use support::ProcessStats;
+use support::{amqp_url, env_or, ProcessStats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "support/mod.rs"]
@@ -52,17 +52,6 @@ const SENDER: &str = "+15005550006";
 const RECIPIENTS: usize = 1000;
 /// Set in the baseline consumer's process (this bench binary, started again).
 const ROLE: &str = "BENCH_EGRESS_ROLE";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 #[tokio::main]
 async fn main() {

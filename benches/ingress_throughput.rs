@@ -39,7 +39,7 @@ use lapin::{
     types::{AMQPValue, FieldTable},
     BasicProperties, Connection, ConnectionProperties,
 };
-use support::{Percentiles, ProcessStats};
+use support::{amqp_url, env_or, Percentiles, ProcessStats};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -49,13 +49,6 @@ const PUBLIC_BASE_URL: &str = "https://bench.example.com";
 const WEBHOOK_PATH: &str = "/webhooks/twilio/sms";
 const ROUTING_KEY: &str = "internal.ingress.v1";
 const REPLAY_LUA: &str = include_str!("support/replay.lua");
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Baseline {
     rate: f64,
@@ -75,8 +68,7 @@ struct Measured {
 
 #[tokio::main]
 async fn main() {
-    let amqp = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let amqp = amqp_url();
     let seconds = env_or("BENCH_SECONDS", 10) as u64;
     let concurrency = env_or("BENCH_CONCURRENCY", 64);
     let queue_types =

@@ -34,28 +34,13 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
     BasicProperties, Connection, ConnectionProperties,
 };
-use support::{load, signed_sms_requests, wait_ready};
+use support::{amqp_url, env_or, free_port, load, signed_sms_requests, wait_ready, ProcessStats};
 
 #[path = "support/mod.rs"]
 mod support;
 
 const TOKEN: &str = "bench-auth-token";
 const PUBLIC_BASE_URL: &str = "https://bench.example.com";
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CPU cgroup holding its processes to a share of one core; removed on drop.
 struct CpuCap {
@@ -175,8 +160,7 @@ fn base_vars(amqp: &str, name: &str) -> BTreeMap<String, String> {
 
 #[tokio::main]
 async fn main() {
-    let amqp = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let amqp = amqp_url();
     let redis = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
     if Connection::connect(&amqp, ConnectionProperties::default())
         .await
@@ -189,10 +173,7 @@ async fn main() {
     let concurrency = env_or("BENCH_CONCURRENCY", 64);
     let events = env_or("BENCH_EVENTS", 3000);
     let partitions = env_or("BENCH_PARTITIONS", 6);
-    let share: f64 = std::env::var("BENCH_INSTANCE_CPU")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.25);
+    let share: f64 = env_or("BENCH_INSTANCE_CPU", 0.25);
     let share = match CpuCap::new("ingress-egress-bench-probe", share) {
         _ if share <= 0.0 => None,
         Ok(_) => Some(share),
@@ -382,7 +363,10 @@ async fn egress_rate(
             .filter(|line| line.starts_with("ingress_egress_egress_partition_active{"))
             .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
             .sum();
-        spread.push((active as usize, cpu_seconds(service.process.id())));
+        spread.push((
+            active as usize,
+            ProcessStats::of(service.process.id()).cpu_seconds(),
+        ));
     }
     let spread: Vec<String> = spread
         .iter()
@@ -397,18 +381,6 @@ async fn egress_rate(
     queues.push(format!("{name}.egress.instances"));
     cleanup(amqp, &name, &queues).await;
     rate
-}
-
-/// User and system CPU time of process `pid` so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<f64>().ok());
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
 }
 
 /// Deletes a run's exchange, egress queue and `extra` queues.

@@ -43,20 +43,15 @@ const HOT_CONVERSATIONS: usize = 10;
 const BOT: &str = "bot";
 const ROUTING_KEY: &str = "internal.ingress.v1";
 
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "support/mod.rs"]
+mod support;
 
 #[tokio::main]
 async fn main() {
-    let amqp = std::env::var("AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
-    let messages = env_or("BENCH_MESSAGES", 2000) as usize;
-    let rate = env_or("BENCH_RATE", 200);
-    let idle = Duration::from_secs(env_or("BENCH_IDLE_SECONDS", 30));
+    let amqp = support::amqp_url();
+    let messages = support::env_or::<usize>("BENCH_MESSAGES", 2000);
+    let rate = support::env_or::<u64>("BENCH_RATE", 200);
+    let idle = Duration::from_secs(support::env_or("BENCH_IDLE_SECONDS", 30));
     let emulator_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/twilio-emulator");
     if !emulator_dir.join("node_modules/ws").is_dir() {
         eprintln!("run `npm ci` in {} first", emulator_dir.display());
@@ -482,19 +477,7 @@ impl Service {
     }
 
     fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        let ticks: u64 = fields
-            .get(11..13)
-            .map(|t| t.iter().filter_map(|v| v.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
-        ticks as f64 / 100.0
+        support::ProcessStats::of(self.pid()).cpu_seconds()
     }
 }
 

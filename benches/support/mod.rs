@@ -10,6 +10,19 @@ use std::{
 
 use ingress_egress::connectors::twilio::ingress::signature::compute_signature;
 
+/// `name` from the environment, or `default` when unset or unreadable.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The broker the benchmarks use: `AMQP_URL`, default the local RabbitMQ.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
 /// The form parameters of the inbound-SMS webhook number `i` (its MessageSid is unique).
 pub fn sms_params(i: usize) -> Vec<(String, String)> {
     vec![

@@ -197,11 +197,26 @@ pub fn select(
 /// Whom the event is for: `egress.channel`, else `ingress.channel`; `identity.external.id`
 /// for a `dm`.
 fn recipient(event: &InternalEventV2) -> Option<String> {
-    if event.egress.kind == "dm" {
-        non_blank(Some(&event.identity.external.id))
+    recipient_from(
+        &event.egress.kind,
+        &event.identity.external.id,
+        event.egress.channel.as_deref(),
+        &event.ingress.channel,
+    )
+}
+
+/// A `dm` goes to the person; anything else to the egress channel, else back where the
+/// message came from.
+fn recipient_from(
+    kind: &str,
+    person: &str,
+    egress_channel: Option<&str>,
+    ingress_channel: &str,
+) -> Option<String> {
+    if kind == "dm" {
+        non_blank(Some(person))
     } else {
-        non_blank(event.egress.channel.as_deref())
-            .or_else(|| non_blank(Some(&event.ingress.channel)))
+        non_blank(egress_channel).or_else(|| non_blank(Some(ingress_channel)))
     }
 }
 
@@ -213,11 +228,12 @@ fn recipient(event: &InternalEventV2) -> Option<String> {
 /// [`recipient`] looks at, borrowed from the body, and skips the rest.
 pub fn partition_key(body: &[u8]) -> Option<String> {
     let view: RecipientView = serde_json::from_slice(body).ok()?;
-    if view.egress.kind == "dm" {
-        non_blank(Some(&view.identity.external.id))
-    } else {
-        non_blank(view.egress.channel.as_deref()).or_else(|| non_blank(Some(&view.ingress.channel)))
-    }
+    recipient_from(
+        &view.egress.kind,
+        &view.identity.external.id,
+        view.egress.channel.as_deref(),
+        &view.ingress.channel,
+    )
 }
 
 /// What [`recipient`] reads of an event (field names as in [`InternalEventV2`]).

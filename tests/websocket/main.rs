@@ -15,6 +15,10 @@
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+// Running the real binary; this target uses part of it.
+#[allow(dead_code)]
+#[path = "../api/process.rs"]
+mod process;
 
 mod client;
 mod emulator;

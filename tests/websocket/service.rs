@@ -731,7 +731,7 @@ async fn socket_egress_app(url: &str, emulator: &Emulator, exchange: &str) -> Te
 }
 
 /// An egress event replying `text` in `conversation`.
-fn reply_in(conversation: &str, text: &str) -> Value {
+pub fn reply_in(conversation: &str, text: &str) -> Value {
     json!({
         "v": "2",
         "correlationId": uuid::Uuid::new_v4().to_string(),

@@ -2,7 +2,7 @@
 //! socket Twilio's Conversations SDK holds, for deployments that cannot expose a public webhook
 //! URL. Messages arriving on it become the same envelopes the `onMessageAdded` webhook produces.
 //!
-//! The client, bottom up (the protocol is mapped in `twilio-conversations-protocol.md`):
+//! The client, bottom up (the protocol as the emulator implements it: `tests/twilio-emulator/README.md`):
 //! - [`token`]: Access Tokens minted locally from the API key;
 //! - [`frame`]: twilsock v3 framing; [`session`]: the connection task (init, acks, token
 //!   renewal, reconnect with the continuation token);
