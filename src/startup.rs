@@ -38,6 +38,8 @@ pub type ConnectorFactory = Box<dyn FnOnce(&ConnectorContext) -> Arc<dyn Connect
 
 /// How often expired entries of the state store are deleted.
 const STATE_SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+/// How long start-up waits for a previous owner of `OUTBOX_DIR/state` to let go of it.
+const STATE_LOCK_PATIENCE: Duration = Duration::from_secs(10);
 
 /// How long in-flight work may take to finish after a stop signal (Cloud Run allows 10 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
@@ -113,8 +115,12 @@ impl Application {
                 Arc::new(redis.clone())
             }
             None => {
-                let files = FileStore::open(settings.outbox_dir.join("state"))
-                    .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
+                let files = FileStore::open_when_free(
+                    settings.outbox_dir.join("state"),
+                    STATE_LOCK_PATIENCE,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
                 tasks.push(tokio::spawn(sweep_state(files.clone(), shutdown.clone())));
                 Arc::new(files)
             }

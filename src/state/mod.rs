@@ -1,7 +1,7 @@
 //! Small pieces of shared state the service must not forget: which parts of an egress event
 //! were sent (the send ledger), which recipients opted out, and similar. Kept behind
-//! [`StateStore`], a key-value store with expiry, so one instance can keep them in files under
-//! `OUTBOX_DIR` ([`file::FileStore`]) and several instances can share them elsewhere.
+//! [`StateStore`], a key-value store with expiry, so one instance can keep them in a journal
+//! under `OUTBOX_DIR` ([`file::FileStore`]) and several instances can share them elsewhere.
 //!
 //! Values are short strings (callers store JSON); keys are namespaced by their callers
 //! (`ledger:…`, `optout:…`). With `REDIS_URL` every instance shares [`redis::RedisStore`],
@@ -24,6 +24,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("state store unreachable: {0}")]
     Unavailable(String),
+    #[error("state store busy: {0}")]
+    Busy(String),
 }
 
 /// A key-value store whose entries expire.
