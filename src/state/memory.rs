@@ -1,18 +1,63 @@
-//! A [`StateStore`] in process memory, bounded: at most `capacity` entries (the least used go
-//! first when it is full), each also expiring on its own time. Nothing survives a restart.
+//! A [`StateStore`] in process memory, bounded: at most `capacity` entries, each expiring on
+//! its own time; when it is full the oldest writes go first (for a dedupe window, the ids
+//! least likely to come again). Nothing survives a restart.
+//!
+//! The entries are spread over shards, each an insertion-ordered map behind its own lock: a
+//! webhook's dedupe check is one short critical section, with no background bookkeeping.
 
-use std::time::{Duration, Instant};
+use std::{
+    hash::{BuildHasher, RandomState},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::{Duration, Instant},
+};
 
 use futures_util::future::BoxFuture;
-use moka::{ops::compute::Op, sync::Cache};
+use hashlink::LinkedHashMap;
 
 use super::{StateStore, StoreError};
 
 /// How many entries [`MemoryStore::default`] keeps.
 const DEFAULT_CAPACITY: u64 = 1_000_000;
+const SHARDS: usize = 16;
+/// At most this many expired entries are dropped from a shard's front per write, so a write
+/// never stalls on a large batch of expiries.
+const EXPIRED_PER_WRITE: usize = 4;
 
 pub struct MemoryStore {
-    entries: Cache<String, (String, Instant)>,
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+}
+
+struct Shard {
+    /// Oldest write first.
+    entries: LinkedHashMap<Box<str>, (Box<str>, Instant)>,
+    capacity: usize,
+}
+
+impl Shard {
+    fn live(&self, key: &str, now: Instant) -> Option<&str> {
+        self.entries
+            .get(key)
+            .filter(|(_, expires)| *expires > now)
+            .map(|(value, _)| &**value)
+    }
+
+    /// Writes `key` as the newest entry, making room first.
+    fn write(&mut self, key: &str, value: &str, expires: Instant, now: Instant) {
+        self.entries.remove(key);
+        for _ in 0..EXPIRED_PER_WRITE {
+            match self.entries.front() {
+                Some((_, (_, at))) if *at <= now => {
+                    self.entries.pop_front();
+                }
+                _ => break,
+            }
+        }
+        while self.entries.len() >= self.capacity {
+            self.entries.pop_front();
+        }
+        self.entries.insert(key.into(), (value.into(), expires));
+    }
 }
 
 impl Default for MemoryStore {
@@ -23,22 +68,52 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     pub fn bounded(capacity: u64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        let shards = SHARDS.min(capacity);
+        let per_shard = capacity / shards;
         Self {
-            entries: Cache::builder().max_capacity(capacity).build(),
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        entries: LinkedHashMap::new(),
+                        capacity: per_shard,
+                    })
+                })
+                .collect(),
+            hasher: RandomState::new(),
         }
     }
 
-    fn live(&self, key: &str) -> Option<String> {
-        self.entries
-            .get(key)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(value, _)| value)
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let index = self.hasher.hash_one(key) as usize % self.shards.len();
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many entries are held (live or expired but not yet dropped).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entries
+                    .len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
 impl StateStore for MemoryStore {
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<String>, StoreError>> {
-        Box::pin(async move { Ok(self.live(key)) })
+        let value = self.shard(key).live(key, Instant::now()).map(str::to_owned);
+        Box::pin(async move { Ok(value) })
     }
 
     fn put<'a>(
@@ -47,11 +122,9 @@ impl StateStore for MemoryStore {
         value: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.entries
-                .insert(key.to_owned(), (value.to_owned(), Instant::now() + ttl));
-            Ok(())
-        })
+        let now = Instant::now();
+        self.shard(key).write(key, value, now + ttl, now);
+        Box::pin(async move { Ok(()) })
     }
 
     fn put_if_absent<'a>(
@@ -60,28 +133,20 @@ impl StateStore for MemoryStore {
         value: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(async move {
-            let now = Instant::now();
-            // One atomic step per key: of concurrent callers, exactly one sees it absent.
-            let result = self
-                .entries
-                .entry(key.to_owned())
-                .and_compute_with(|existing| match existing {
-                    Some(entry) if entry.value().1 > now => Op::Nop,
-                    _ => Op::Put((value.to_owned(), now + ttl)),
-                });
-            Ok(!matches!(
-                result,
-                moka::ops::compute::CompResult::Unchanged(_)
-            ))
-        })
+        let now = Instant::now();
+        // One critical section per key: of concurrent callers, exactly one sees it absent.
+        let mut shard = self.shard(key);
+        let absent = shard.live(key, now).is_none();
+        if absent {
+            shard.write(key, value, now + ttl, now);
+        }
+        drop(shard);
+        Box::pin(async move { Ok(absent) })
     }
 
     fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            self.entries.invalidate(key);
-            Ok(())
-        })
+        self.shard(key).entries.remove(key);
+        Box::pin(async move { Ok(()) })
     }
 
     fn kind(&self) -> &'static str {
@@ -124,11 +189,36 @@ mod tests {
                 .await
                 .unwrap();
         }
-        store.entries.run_pending_tasks();
-        assert!(
-            store.entries.entry_count() <= 100,
-            "{}",
-            store.entries.entry_count()
+        assert!(store.len() <= 100, "{}", store.len());
+        assert_eq!(
+            store.get("k999").await.unwrap().as_deref(),
+            Some("v"),
+            "the newest stay"
         );
+        assert_eq!(store.get("k0").await.unwrap(), None, "the oldest go first");
+    }
+
+    #[tokio::test]
+    async fn expired_entries_make_room_before_live_ones_are_dropped() {
+        let store = MemoryStore::bounded(SHARDS as u64 * 4);
+        for i in 0..1_000 {
+            store
+                .put(&format!("old{i}"), "v", Duration::ZERO)
+                .await
+                .unwrap();
+        }
+        store
+            .put("live", "v", Duration::from_secs(60))
+            .await
+            .unwrap();
+        for i in 0..2 {
+            store
+                .put(&format!("new{i}"), "v", Duration::from_secs(60))
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.get("live").await.unwrap().as_deref(), Some("v"));
+        store.remove("live").await.unwrap();
+        assert_eq!(store.get("live").await.unwrap(), None);
     }
 }
