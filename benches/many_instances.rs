@@ -245,6 +245,9 @@ async fn ingress_rate(amqp: &str, redis: Option<&str>, messages: usize, concurre
     let rate = load(&service.address, webhooks, concurrency).await;
     drop(service);
     cleanup(amqp, &name, &[]).await;
+    if let Some(redis) = redis {
+        support::forget_redis_keys(redis, &format!("{name}:")).await;
+    }
     rate
 }
 
@@ -411,6 +414,7 @@ async fn egress_rate(
         .collect();
     queues.push(format!("{name}.egress.instances"));
     cleanup(amqp, &name, &queues).await;
+    support::forget_redis_keys(redis, &format!("{name}:")).await;
     rate
 }
 

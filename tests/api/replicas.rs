@@ -267,7 +267,12 @@ impl Cluster {
             vars,
             amqp_url: amqp_url.to_owned(),
             partitions,
-            client: reqwest::Client::new(),
+            // Idle connections are dropped well before the service's 5 s keep-alive closes
+            // them, so a request never goes out on a connection the server is closing.
+            client: reqwest::Client::builder()
+                .pool_idle_timeout(Duration::from_secs(1))
+                .build()
+                .unwrap(),
         };
         for index in 0..count {
             let replica = cluster.spawn(index);
@@ -338,6 +343,40 @@ impl Cluster {
     }
 }
 
+/// Deletes the keys under `prefix` (the replicas' `REDIS_KEY_PREFIX`) from the Redis at `url`.
+async fn forget_redis_keys(url: &str, prefix: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor = 0u64;
+    loop {
+        let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await;
+        let Ok((next, keys)) = scanned else {
+            return;
+        };
+        if !keys.is_empty() {
+            let _: redis::RedisResult<()> = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut connection)
+                .await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for replica in &mut self.replicas {
@@ -352,6 +391,10 @@ impl Drop for Cluster {
             .map(|i| format!("{queue}.p{i}"))
             .chain(std::iter::once(format!("{queue}.instances")))
             .collect();
+        let redis = (
+            self.vars.get("REDIS_URL").cloned(),
+            self.vars.get("REDIS_KEY_PREFIX").cloned(),
+        );
         let _ = std::thread::spawn(move || {
             delete_broker_objects(&url, &exchange, &queue);
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -374,6 +417,10 @@ impl Drop for Cluster {
                     connection.close(200, "test cleanup".into()).await
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(10), cleanup).await;
+                if let (Some(url), Some(prefix)) = redis {
+                    let forget = forget_redis_keys(&url, &prefix);
+                    let _ = tokio::time::timeout(Duration::from_secs(10), forget).await;
+                }
             });
         })
         .join();
