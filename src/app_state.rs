@@ -4,8 +4,14 @@
 use std::sync::Arc;
 
 use crate::{
-    auth::BearerAuth, bus::Bus, configuration::Settings, connectors::Connector, metrics::Metrics,
-    publisher::EventPublisher, readiness::ReadyFlag, state::redis::RedisStore,
+    auth::BearerAuth,
+    bus::Bus,
+    configuration::Settings,
+    connectors::Connector,
+    metrics::Metrics,
+    publisher::EventPublisher,
+    readiness::ReadyFlag,
+    state::{file::FileStore, redis::RedisStore},
 };
 
 pub struct AppState {
@@ -20,6 +26,9 @@ pub struct AppState {
     pub debug_auth: BearerAuth,
     /// The shared state store, when `REDIS_URL` is set (its state shows on `/readyz`).
     pub redis: Option<RedisStore>,
+    /// This instance's state journal, when there is no shared store (the debug snapshot shows
+    /// how much it holds).
+    pub state_journal: Option<FileStore>,
 }
 
 impl AppState {

@@ -108,6 +108,7 @@ impl Application {
             metrics.clone(),
         );
         let mut tasks = Vec::new();
+        let mut state_journal = None;
         let state: Arc<dyn StateStore> = match &redis {
             Some(redis) => {
                 publisher = publisher.with_local_dedupe(local_dedupe());
@@ -122,6 +123,7 @@ impl Application {
                 .await
                 .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
                 tasks.push(tokio::spawn(sweep_state(files.clone(), shutdown.clone())));
+                state_journal = Some(files.clone());
                 Arc::new(files)
             }
         };
@@ -179,6 +181,7 @@ impl Application {
             egress_consuming,
             debug_auth: BearerAuth::debug(&settings),
             redis,
+            state_journal,
         });
 
         let limiter = web::Data::new(ClientLimiter::new(

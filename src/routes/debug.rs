@@ -61,9 +61,16 @@ pub async fn connector_snapshot(
         "egressConsumer": egress,
         "egressQueueDepth": state.metrics.egress_queue_depth.get(),
         "egressPartitions": egress_partitions(&state),
-        "stateStore": match &state.redis {
-            Some(redis) => json!({"kind": "redis", "redis": redis.status()}),
-            None => json!({"kind": "file", "dedupe": "memory"}),
+        "stateStore": match (&state.redis, &state.state_journal) {
+            (Some(redis), _) => json!({"kind": "redis", "redis": redis.status()}),
+            (None, Some(journal)) => json!({
+                "kind": "file",
+                "dir": journal.dir().display().to_string(),
+                "entries": journal.len(),
+                "journalBytes": journal.journal_bytes(),
+                "dedupe": "memory",
+            }),
+            (None, None) => json!({"kind": "memory", "dedupe": "memory"}),
         },
     });
     // The connector's own view sits under its name.

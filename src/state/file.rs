@@ -224,6 +224,11 @@ impl FileStore {
         self.len() == 0
     }
 
+    /// The journal's size on disk, which a rewrite brings back to what the entries need.
+    pub fn journal_bytes(&self) -> u64 {
+        self.journal().written
+    }
+
     /// Sets `key` when `only_if_absent` allows it; `true` when it was set.
     fn set(
         &self,

@@ -156,6 +156,22 @@ async fn an_sms_reply_becomes_one_conformant_twilio_message_and_a_sent_status() 
     // Acked: nothing comes again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(rig.fake.requests_to(Route::Messages).len(), 1);
+
+    // The part is in this instance's state journal, and the snapshot says how much it holds.
+    let snapshot: Value = rig.app.get("/_debug/twilio").await.json().await.unwrap();
+    let store = &snapshot["stateStore"];
+    assert_eq!(store["kind"], "file", "{store}");
+    assert!(store["entries"].as_u64().is_some_and(|n| n >= 1), "{store}");
+    assert!(
+        store["journalBytes"].as_u64().is_some_and(|n| n > 0),
+        "{store}"
+    );
+    assert!(
+        store["dir"]
+            .as_str()
+            .is_some_and(|dir| dir.ends_with("state")),
+        "{store}"
+    );
     rig.finish().await;
 }
 
