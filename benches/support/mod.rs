@@ -269,37 +269,6 @@ pub async fn exchange_once(connection: &mut tokio::net::TcpStream, request: &[u8
     }
 }
 
-/// Deletes the keys under `prefix` that a measurement left in the Redis at `url`, so rounds
-/// start alike and the shared Redis does not fill up with dedupe marks.
-pub async fn forget_redis_keys(url: &str, prefix: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let mut cursor = 0u64;
-    loop {
-        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut connection)
-            .await
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> = redis::cmd("UNLINK")
-                .arg(&keys)
-                .query_async(&mut connection)
-                .await;
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
-    }
-}
+/// Deletes the Redis keys a measurement wrote (shared with the tests).
+#[path = "../../tests/support/redis_keys.rs"]
+pub mod redis_keys;
