@@ -36,9 +36,9 @@ use futures_util::{stream, StreamExt};
 use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+        ConfirmSelectOptions, QueueDeleteOptions,
     },
-    types::{AMQPValue, FieldTable},
+    types::FieldTable,
     BasicProperties, Connection, ConnectionProperties,
 };
 use support::{amqp_url, env_or, ProcessStats};
@@ -236,35 +236,7 @@ fn state_dir(exchange: &str) -> std::path::PathBuf {
 /// Declares `queue` (durable, quorum, as the service declares it) bound to the egress routing key
 /// of `exchange`, and publishes `events` reply events to it, confirmed.
 async fn queue_events(channel: &lapin::Channel, exchange: &str, queue: &str, events: usize) {
-    ingress_egress::bus::amqp::topology::declare_exchange(channel, exchange)
-        .await
-        .unwrap();
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..QueueDeclareOptions::default()
-            },
-            arguments,
-        )
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            ROUTING_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    support::declare_bound_queue(channel, exchange, queue, "quorum", ROUTING_KEY).await;
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

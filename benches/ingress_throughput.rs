@@ -32,11 +32,7 @@ use std::{
 
 use futures_util::{future, stream, StreamExt};
 use lapin::{
-    options::{
-        BasicPublishOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
-    types::{AMQPValue, FieldTable},
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
     BasicProperties, Connection, ConnectionProperties,
 };
 use support::{amqp_url, env_or, Percentiles, ProcessStats};
@@ -103,35 +99,7 @@ async fn main() {
         let name = format!("bench-{}", uuid::Uuid::new_v4().simple());
         let queue = format!("{name}.ingress");
         let channel = connection.create_channel().await.unwrap();
-        ingress_egress::bus::amqp::topology::declare_exchange(&channel, &name)
-            .await
-            .unwrap();
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(queue_type.into()),
-        );
-        channel
-            .queue_declare(
-                queue.as_str().into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                arguments,
-            )
-            .await
-            .unwrap();
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                name.as_str().into(),
-                ROUTING_KEY.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        support::declare_bound_queue(&channel, &name, &queue, queue_type, ROUTING_KEY).await;
 
         let baseline = bare_publisher(&amqp, &name, seconds, concurrency).await;
         let measured = service(&amqp, &name, seconds, concurrency, baseline.rate).await;

@@ -246,7 +246,7 @@ async fn ingress_rate(amqp: &str, redis: Option<&str>, messages: usize, concurre
     drop(service);
     cleanup(amqp, &name, &[]).await;
     if let Some(redis) = redis {
-        support::redis_keys::forget_redis_keys(redis, &format!("{name}:")).await;
+        support::forget_redis_keys(redis, &format!("{name}:")).await;
     }
     rate
 }
@@ -414,7 +414,7 @@ async fn egress_rate(
         .collect();
     queues.push(format!("{name}.egress.instances"));
     cleanup(amqp, &name, &queues).await;
-    support::redis_keys::forget_redis_keys(redis, &format!("{name}:")).await;
+    support::forget_redis_keys(redis, &format!("{name}:")).await;
     rate
 }
 

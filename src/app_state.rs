@@ -24,11 +24,24 @@ pub struct AppState {
     pub egress_consuming: Option<ReadyFlag>,
     /// Guards the debug routes (`DEBUG_TOKEN`).
     pub debug_auth: BearerAuth,
-    /// The shared state store, when `REDIS_URL` is set (its state shows on `/readyz`).
-    pub redis: Option<RedisStore>,
-    /// This instance's state journal, when there is no shared store (the debug snapshot shows
-    /// how much it holds).
-    pub state_journal: Option<FileStore>,
+    /// Where the ledger, opt-outs and joins live (Redis' state shows on `/readyz`).
+    pub state_store: StateBackend,
+}
+
+/// The state store behind the service: shared on Redis (`REDIS_URL`), else this instance's
+/// journal under `OUTBOX_DIR/state`.
+pub enum StateBackend {
+    Redis(RedisStore),
+    Journal(FileStore),
+}
+
+impl StateBackend {
+    pub fn redis(&self) -> Option<&RedisStore> {
+        match self {
+            StateBackend::Redis(redis) => Some(redis),
+            StateBackend::Journal(_) => None,
+        }
+    }
 }
 
 impl AppState {

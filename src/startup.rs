@@ -15,7 +15,7 @@ use utoipa_swagger_ui::SwaggerUi;
 use actix_web::middleware::from_fn;
 
 use crate::{
-    app_state::AppState,
+    app_state::{AppState, StateBackend},
     auth::BearerAuth,
     banner::ConnectorNotes,
     bus::Bus,
@@ -108,12 +108,11 @@ impl Application {
             metrics.clone(),
         );
         let mut tasks = Vec::new();
-        let mut state_journal = None;
-        let state: Arc<dyn StateStore> = match &redis {
+        let (state, state_store): (Arc<dyn StateStore>, _) = match redis {
             Some(redis) => {
                 publisher = publisher.with_local_dedupe(local_dedupe());
                 tasks.push(tokio::spawn(redis.clone().watch(shutdown.clone())));
-                Arc::new(redis.clone())
+                (Arc::new(redis.clone()), StateBackend::Redis(redis))
             }
             None => {
                 let files = FileStore::open_when_free(
@@ -123,8 +122,7 @@ impl Application {
                 .await
                 .map_err(|e| anyhow::anyhow!("configuration error: OUTBOX_DIR: {e}"))?;
                 tasks.push(tokio::spawn(sweep_state(files.clone(), shutdown.clone())));
-                state_journal = Some(files.clone());
-                Arc::new(files)
+                (Arc::new(files.clone()), StateBackend::Journal(files))
             }
         };
         let ledger = SendLedger::new(state.clone());
@@ -154,9 +152,9 @@ impl Application {
                     sinks,
                     config: EngineConfig {
                         max_parts: settings.egress_max_parts,
-                        rate_slots: redis
-                            .clone()
-                            .map(|redis| Arc::new(redis) as Arc<dyn RateSlots>),
+                        rate_slots: state_store
+                            .redis()
+                            .map(|redis| Arc::new(redis.clone()) as Arc<dyn RateSlots>),
                         ..EngineConfig::default()
                     },
                     publisher: publisher.clone(),
@@ -180,8 +178,7 @@ impl Application {
             connectors: connectors.clone(),
             egress_consuming,
             debug_auth: BearerAuth::debug(&settings),
-            redis,
-            state_journal,
+            state_store,
         });
 
         let limiter = web::Data::new(ClientLimiter::new(

@@ -68,14 +68,10 @@ pub fn signed_sms_requests(
         .collect()
 }
 
-/// A free local port.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../tests/support/mod.rs"]
+mod shared;
+#[allow(unused_imports)]
+pub use shared::{forget_redis_keys, free_port};
 
 /// Polls `/readyz` every 2 ms until it answers 200 (at most 10 s); the time since `started`.
 pub async fn wait_ready_fast(address: &str, started: Instant) -> Duration {
@@ -269,6 +265,43 @@ pub async fn exchange_once(connection: &mut tokio::net::TcpStream, request: &[u8
     }
 }
 
-/// Deletes the Redis keys a measurement wrote (shared with the tests).
-#[path = "../../tests/support/redis_keys.rs"]
-pub mod redis_keys;
+/// Declares the service's exchange and a durable queue of `queue_type` (`classic`, `quorum`)
+/// bound to it with `routing_key`, as a downstream consumer or the egress consumer would.
+pub async fn declare_bound_queue(
+    channel: &lapin::Channel,
+    exchange: &str,
+    queue: &str,
+    queue_type: &str,
+    routing_key: &str,
+) {
+    use lapin::{
+        options::{QueueBindOptions, QueueDeclareOptions},
+        types::{AMQPValue, FieldTable},
+    };
+    ingress_egress::bus::amqp::topology::declare_exchange(channel, exchange)
+        .await
+        .unwrap();
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(queue_type.into()),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(queue.into(), durable, arguments)
+        .await
+        .unwrap();
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+}

@@ -8,7 +8,10 @@ use serde::Deserialize;
 use serde_json::json;
 use utoipa::IntoParams;
 
-use crate::{app_state::AppState, error::ApiError};
+use crate::{
+    app_state::{AppState, StateBackend},
+    error::ApiError,
+};
 
 /// The route serving every connector's snapshot.
 pub const SNAPSHOT_ROUTE: &str = "/_debug/{connector}";
@@ -34,7 +37,11 @@ pub async fn connector_snapshot(
     let degraded_reason = state.not_ready_reason().or_else(|| {
         if state.publisher.outbox().depth() > 0 {
             Some("events waiting in the outbox".to_owned())
-        } else if state.redis.as_ref().is_some_and(|redis| !redis.is_up()) {
+        } else if state
+            .state_store
+            .redis()
+            .is_some_and(|redis| !redis.is_up())
+        {
             Some(
                 "shared state store (Redis) unreachable: egress paused, ingress deduplicating \
                  locally"
@@ -61,16 +68,15 @@ pub async fn connector_snapshot(
         "egressConsumer": egress,
         "egressQueueDepth": state.metrics.egress_queue_depth.get(),
         "egressPartitions": egress_partitions(&state),
-        "stateStore": match (&state.redis, &state.state_journal) {
-            (Some(redis), _) => json!({"kind": "redis", "redis": redis.status()}),
-            (None, Some(journal)) => json!({
+        "stateStore": match &state.state_store {
+            StateBackend::Redis(redis) => json!({"kind": "redis", "redis": redis.status()}),
+            StateBackend::Journal(journal) => json!({
                 "kind": "file",
                 "dir": journal.dir().display().to_string(),
                 "entries": journal.len(),
                 "journalBytes": journal.journal_bytes(),
                 "dedupe": "memory",
             }),
-            (None, None) => json!({"kind": "memory", "dedupe": "memory"}),
         },
     });
     // The connector's own view sits under its name.

@@ -91,8 +91,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         egress_consumer,
         outbox_depth: state.publisher.outbox().depth(),
         redis: state
-            .redis
-            .as_ref()
+            .state_store
+            .redis()
             .map(|redis| if redis.is_up() { "up" } else { "down" }),
         connectors: (!links.is_empty()).then_some(links),
         reason,

@@ -92,7 +92,8 @@ impl MemoryStore {
     }
 
     /// How many entries are held (live or expired but not yet dropped).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.shards
             .iter()
             .map(|shard| {
@@ -103,10 +104,6 @@ impl MemoryStore {
                     .len()
             })
             .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

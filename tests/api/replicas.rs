@@ -129,13 +129,10 @@ impl Drop for PrivateRedis {
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../support/mod.rs"]
+mod shared;
+use shared::forget_redis_keys;
+pub use shared::free_port;
 
 /// One running process of the service.
 pub struct Replica {
@@ -342,10 +339,6 @@ impl Cluster {
             .join("\n")
     }
 }
-
-#[path = "../support/redis_keys.rs"]
-mod redis_keys;
-use redis_keys::forget_redis_keys;
 
 impl Drop for Cluster {
     fn drop(&mut self) {

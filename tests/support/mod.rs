@@ -1,7 +1,17 @@
-//! Deleting the keys a test or a benchmark wrote under its own prefix in a shared Redis, so
-//! runs start alike and the Redis does not fill up. Included by `tests/api` and `benches/support`.
+//! Helpers the integration tests (`tests/api`) and the benchmarks (`benches/support`) share.
 
-/// Deletes the keys under `prefix` from the Redis at `url` (best effort).
+/// A free local port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Deletes the keys a test or a benchmark wrote under its own prefix in a shared Redis, so
+/// runs start alike and the Redis does not fill up. Best effort: `prefix` is the run's
+/// `REDIS_KEY_PREFIX`.
 pub async fn forget_redis_keys(url: &str, prefix: &str) {
     let Ok(client) = redis::Client::open(url) else {
         return;
