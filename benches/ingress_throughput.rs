@@ -32,7 +32,7 @@ use std::{
 
 use futures_util::{future, stream, StreamExt};
 use lapin::{
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions, QueuePurgeOptions},
     BasicProperties, Connection, ConnectionProperties,
 };
 use support::{amqp_url, env_or, Percentiles, ProcessStats};
@@ -101,7 +101,17 @@ async fn main() {
         let channel = connection.create_channel().await.unwrap();
         support::declare_bound_queue(&channel, &name, &queue, queue_type, ROUTING_KEY).await;
 
+        // Each measurement starts from an empty queue: a backlog left by the one before would
+        // slow the broker down for the second.
+        let empty = || async {
+            channel
+                .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
+                .await
+                .expect("queue purged");
+        };
+        empty().await;
         let baseline = bare_publisher(&amqp, &name, seconds, concurrency).await;
+        empty().await;
         let measured = service(&amqp, &name, seconds, concurrency, baseline.rate).await;
         let _ = channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
