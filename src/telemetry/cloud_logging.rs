@@ -27,7 +27,6 @@
 use std::fmt;
 
 use chrono::{SecondsFormat, Utc};
-use opentelemetry::trace::TraceContextExt;
 use serde_json::{Map, Value};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::{
@@ -39,7 +38,10 @@ use tracing_subscriber::{
     Layer,
 };
 
-use super::fields::{span_ids, FieldCollector};
+use super::{
+    fields::{span_ids, FieldCollector},
+    trace_context::current_span_context,
+};
 
 /// The field Cloud Logging reads a log entry's trace from.
 pub const TRACE_FIELD: &str = "logging.googleapis.com/trace";
@@ -81,14 +83,11 @@ pub struct CloudLoggingJson {
 }
 
 impl CloudLoggingJson {
-    /// The trace fields of a line written inside the current OpenTelemetry span, if any.
+    /// The trace fields of a line written inside a traced span, if any.
     fn insert_trace(&self, line: &mut Map<String, Value>) {
-        let context = opentelemetry::Context::current();
-        let span = context.span();
-        let span_context = span.span_context();
-        if !span_context.is_valid() {
+        let Some(span_context) = current_span_context() else {
             return;
-        }
+        };
         let trace_id = span_context.trace_id().to_string();
         let span_id = span_context.span_id().to_string();
         match &self.gcp_project {
@@ -240,9 +239,7 @@ mod tests {
             tracing::info!("outside");
             let span = tracing::info_span!("work");
             let _entered = span.enter();
-            let context = opentelemetry::Context::current();
-            let current = context.span();
-            let span_context = current.span_context();
+            let span_context = current_span_context().unwrap();
             ids = Some((
                 span_context.trace_id().to_string(),
                 span_context.span_id().to_string(),
@@ -275,6 +272,35 @@ mod tests {
         assert!(trace_id.chars().all(|c| c.is_ascii_hexdigit()));
         assert_eq!(lines[0]["span_id"].as_str().unwrap().len(), 16);
         assert!(lines[0].get(TRACE_FIELD).is_none());
+    }
+
+    #[test]
+    fn lines_inside_a_trace_carry_its_ids_when_spans_are_not_exported() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(EnvFilter::new("trace"))
+            .with(crate::telemetry::trace_id_layer())
+            .with(json_layer(buffer.clone(), None));
+        let mut ids = Vec::new();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside");
+            let request = tracing::info_span!("request");
+            let _request = request.enter();
+            tracing::info!("in the request");
+            ids.push(current_span_context().unwrap());
+            let publish = tracing::info_span!("publish");
+            let _publish = publish.enter();
+            tracing::info!("in the publish");
+            ids.push(current_span_context().unwrap());
+        });
+        let lines = buffer.lines();
+        assert!(lines[0].get("trace_id").is_none(), "no trace outside spans");
+        for (line, ids) in lines[1..].iter().zip(&ids) {
+            assert_eq!(line["trace_id"], ids.trace_id().to_string());
+            assert_eq!(line["span_id"], ids.span_id().to_string());
+        }
+        assert_eq!(ids[0].trace_id(), ids[1].trace_id(), "one trace");
+        assert_ne!(ids[0].span_id(), ids[1].span_id(), "two spans");
     }
 
     #[test]

@@ -7,11 +7,12 @@
 //! ([`request_log`]), never a warning.
 //!
 //! Traces: the service's `tracing` spans (the HTTP request, `publish`, `egress.consume`,
-//! `egress.send` and each connector's REST call) become OpenTelemetry spans through
-//! [`span_layer`]. They always have W3C trace ids, so the trace travels with every message
-//! ([`trace_context`]) and log lines name it, whether or not spans are exported; they are
-//! exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Spans are recorded at
-//! `info` whatever `LOG_LEVEL` says: quieter logs do not cut the trace.
+//! `egress.send` and each connector's REST call) always have W3C trace ids, so the trace
+//! travels with every message ([`trace_context`]) and log lines name it, whether or not spans
+//! are exported. When `OTEL_EXPORTER_OTLP_ENDPOINT` is set they become OpenTelemetry spans
+//! through [`span_layer`] and are exported over OTLP; otherwise [`trace_ids`] only gives them
+//! ids, which is all that is needed then and far cheaper. Spans are traced at `info` whatever
+//! `LOG_LEVEL` says: quieter logs do not cut the trace.
 
 pub mod cloud_logging;
 pub mod fields;
@@ -20,6 +21,7 @@ pub mod pretty;
 pub mod request_log;
 pub mod request_span;
 pub mod trace_context;
+pub mod trace_ids;
 
 use opentelemetry::{trace::TracerProvider as _, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -83,7 +85,10 @@ pub fn filter(level: &str) -> EnvFilter {
 pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryError> {
     let provider = tracer_provider(settings)?;
     let filter = filter(&settings.log_level);
-    let registry = tracing_subscriber::registry().with(span_layer(&provider));
+    let exporting = settings.otlp_traces_endpoint.is_some();
+    let registry = tracing_subscriber::registry()
+        .with(exporting.then(|| span_layer(&provider)))
+        .with((!exporting).then(trace_id_layer));
     let result = match settings.log_format {
         LogFormat::Json => registry
             .with(
@@ -138,14 +143,27 @@ pub fn span_layer<S>(provider: &SdkTracerProvider) -> impl Layer<S>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let spans = Targets::new()
-        .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
-        .with_default(LevelFilter::WARN);
     // Without the busy/idle timings (a clock read on every poll of an instrumented future) and
     // the thread attributes (two allocations per span): neither says anything a trace needs.
     tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(TRACER_NAME))
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(spans)
+        .with_filter(traced_spans())
+}
+
+/// The layer that gives the service's `tracing` spans (at `info` and above) trace ids without
+/// building OpenTelemetry spans: for when none are exported.
+pub fn trace_id_layer<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    trace_ids::TraceIdLayer.with_filter(traced_spans())
+}
+
+/// The spans that carry a trace: the service's own at `info` and above, others' warnings.
+fn traced_spans() -> Targets {
+    Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::INFO)
+        .with_default(LevelFilter::WARN)
 }

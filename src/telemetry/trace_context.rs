@@ -2,9 +2,10 @@
 //! (AMQP header, and the trace id in the envelope's `traceId`), and the remote parent a
 //! consumer or a request handler continues from.
 //!
-//! Everything here reads or writes the OpenTelemetry context of `tracing` spans; without a
-//! tracing subscriber that traces (see [`super::span_layer`]) there is no trace to carry and
-//! every function answers `None`.
+//! Everything here reads or writes the trace context of `tracing` spans, kept by whichever of
+//! [`super::trace_ids`] (spans not exported) or [`super::span_layer`] (exported) traces them;
+//! without a tracing subscriber that traces there is no trace to carry and every function
+//! answers `None`.
 
 use std::collections::HashMap;
 
@@ -19,21 +20,32 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 /// The W3C Trace Context header (also the AMQP header name).
 pub const TRACEPARENT: &str = "traceparent";
 
+/// The ids of the current span, when it is traced (by [`super::trace_ids`] or by
+/// [`super::span_layer`], which makes an entered span's context current). Safe to call while
+/// an event is being logged.
+pub fn current_span_context() -> Option<SpanContext> {
+    super::trace_ids::entered().or_else(|| {
+        let context = Context::current();
+        let span_context = context.span().span_context().clone();
+        span_context.is_valid().then_some(span_context)
+    })
+}
+
 /// The `traceparent` naming the current span, when it is traced.
 pub fn current_traceparent() -> Option<String> {
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&tracing::Span::current().context(), &mut carrier);
-    carrier.remove(TRACEPARENT)
+    let span_context = current_span_context()?;
+    let sampled = span_context.trace_flags() & TraceFlags::SAMPLED;
+    Some(format!(
+        "00-{}-{}-{:02x}",
+        span_context.trace_id(),
+        span_context.span_id(),
+        sampled.to_u8()
+    ))
 }
 
 /// The trace id (32 lower-case hex digits) of the current span, when it is traced.
 pub fn current_trace_id() -> Option<String> {
-    let context = tracing::Span::current().context();
-    let span = context.span();
-    let span_context = span.span_context();
-    span_context
-        .is_valid()
-        .then(|| span_context.trace_id().to_string())
+    current_span_context().map(|span_context| span_context.trace_id().to_string())
 }
 
 /// The remote span a `traceparent` value names; `None` when it is malformed.
@@ -77,6 +89,9 @@ pub fn remote_parent(traceparent: Option<&str>, trace_id: Option<&str>) -> Optio
 
 /// Makes `span` continue `parent`'s trace. Call it before the span is first entered.
 pub fn continue_trace(span: &tracing::Span, parent: Context) {
+    if super::trace_ids::continue_from(span, parent.span().span_context()) {
+        return;
+    }
     // Fails only once the span has started, which callers rule out, or without a tracing
     // subscriber, where there is no trace to continue.
     let _ = span.set_parent(parent);
@@ -92,11 +107,60 @@ mod tests {
 
     const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    fn traced(body: impl FnOnce()) {
+    /// Runs `body` under each way the service traces: ids only, and OpenTelemetry spans.
+    fn traced(body: impl Fn()) {
+        let ids_only = tracing_subscriber::registry().with(crate::telemetry::trace_id_layer());
+        tracing::subscriber::with_default(ids_only, &body);
         let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
+        let exported = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
-        tracing::subscriber::with_default(subscriber, body);
+        tracing::subscriber::with_default(exported, &body);
+    }
+
+    #[test]
+    fn a_new_span_starts_a_sampled_trace_that_its_children_share() {
+        traced(|| {
+            let request = tracing::info_span!("request");
+            let _request = request.enter();
+            let outer = current_span_context().expect("traced");
+            assert!(outer.is_valid() && outer.is_sampled());
+            let traceparent = current_traceparent().unwrap();
+            assert_eq!(
+                traceparent,
+                format!("00-{}-{}-01", outer.trace_id(), outer.span_id())
+            );
+            let publish = tracing::info_span!("publish");
+            let _publish = publish.enter();
+            let inner = current_span_context().unwrap();
+            assert_eq!(inner.trace_id(), outer.trace_id());
+            assert_ne!(inner.span_id(), outer.span_id());
+        });
+    }
+
+    #[test]
+    fn a_parent_not_sampled_stays_not_sampled() {
+        traced(|| {
+            let span = tracing::info_span!("consume");
+            continue_trace(
+                &span,
+                from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                    .unwrap(),
+            );
+            let _entered = span.enter();
+            assert!(current_traceparent()
+                .unwrap()
+                .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+            assert!(current_traceparent().unwrap().ends_with("-00"));
+        });
+    }
+
+    #[test]
+    fn two_requests_are_two_traces() {
+        traced(|| {
+            let first = tracing::info_span!("request").in_scope(current_trace_id);
+            let second = tracing::info_span!("request").in_scope(current_trace_id);
+            assert_ne!(first.unwrap(), second.unwrap());
+        });
     }
 
     #[test]
