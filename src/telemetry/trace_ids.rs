@@ -4,7 +4,7 @@
 //! With no OTLP endpoint set nobody receives the service's spans, yet their trace must still
 //! travel: the `traceparent` of every published message, the `traceId` of its envelope and the
 //! ids on every log line. Building full OpenTelemetry spans for that (attributes, timestamps, a
-//! context activated on every poll) cost about a quarter of a webhook's CPU (README
+//! context activated on every poll) cost about a sixth of a webhook's CPU (README
 //! "Performance"); this layer costs two random numbers per span. With an endpoint set,
 //! [`super::span_layer`] takes its place and spans are exported as well.
 
