@@ -20,6 +20,7 @@
 //! 127.0.0.1:5672, and Redis at `REDIS_URL`, default 127.0.0.1:6379). Environment:
 //! `BENCH_MESSAGES` (default 50000), `BENCH_CONCURRENCY` (64), `BENCH_EVENTS` (3000),
 //! `BENCH_PARTITIONS` (6), `BENCH_INSTANCE_CPU` (0.25; 0 leaves the instances uncapped),
+//! `BENCH_ONLY` (`ingress` or `egress` to measure one ratio only),
 //! `BENCH_ROUNDS` (3): each ratio is measured that many times, baseline and candidate back to
 //! back, and the median is reported, since one short run on a shared machine can be off by a
 //! third either way.
@@ -190,10 +191,27 @@ async fn main() {
     // The machine is noisy: each ratio is taken in `rounds` rounds, baseline and candidate
     // measured back to back, and the median round counts.
     println!("messages: {messages}, concurrency: {concurrency}, rounds: {rounds}");
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    if only != "egress" {
+        ingress_ratio(&amqp, &redis, messages, rounds, concurrency).await;
+    }
+    if only != "ingress" {
+        egress_ratio(&amqp, &redis, events, rounds, partitions, share).await;
+    }
+}
+
+/// Ingress with the Redis dedupe against the in-process one.
+async fn ingress_ratio(
+    amqp: &str,
+    redis: &str,
+    messages: usize,
+    rounds: usize,
+    concurrency: usize,
+) {
     let mut ratios = Vec::new();
     for round in 1..=rounds {
-        let without = ingress_rate(&amqp, None, messages, concurrency).await;
-        let with = ingress_rate(&amqp, Some(&redis), messages, concurrency).await;
+        let without = ingress_rate(amqp, None, messages, concurrency).await;
+        let with = ingress_rate(amqp, Some(redis), messages, concurrency).await;
         println!(
             "round {round}: webhook -> confirmed publish, in-process dedupe {without:>7.0} msg/s, \
              Redis dedupe {with:>7.0} msg/s, ratio {:.2}",
@@ -205,15 +223,25 @@ async fn main() {
         "ratio with Redis: {:.2}, median of {rounds} (target >= 0.85)",
         median(&mut ratios)
     );
+}
 
+/// Three instances' egress against one's.
+async fn egress_ratio(
+    amqp: &str,
+    redis: &str,
+    events: usize,
+    rounds: usize,
+    partitions: usize,
+    share: Option<f64>,
+) {
     let cpu = share.map_or("uncapped".to_owned(), |share| {
         format!("{share} of a core each")
     });
     println!("egress events: {events}, partitions: {partitions}, instances: {cpu}");
     let mut ratios = Vec::new();
     for round in 1..=rounds {
-        let one = egress_rate(&amqp, &redis, 1, events, partitions, share).await;
-        let three = egress_rate(&amqp, &redis, 3, events, partitions, share).await;
+        let one = egress_rate(amqp, redis, 1, events, partitions, share).await;
+        let three = egress_rate(amqp, redis, 3, events, partitions, share).await;
         println!(
             "round {round}: egress, one instance {one:>6.0} sends/s, three instances \
              {three:>6.0} sends/s, ratio {:.2}",
