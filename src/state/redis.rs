@@ -3,8 +3,10 @@
 //! ([`RateSlots`]): a GCRA in one Lua script, on Redis' clock, so reserving a slot is atomic
 //! across instances and one round trip.
 //!
-//! One multiplexed connection ([`ConnectionManager`], which reconnects by itself) carries every
-//! command; each command is bounded by [`OPERATION_TIMEOUT`], so an unreachable Redis costs a
+//! One multiplexed connection ([`ConnectionManager`], which reconnects by itself) carries the
+//! commands, and each HTTP worker thread has one more of its own (made on its first command
+//! once Redis answers), so that a webhook's command is written and answered on the thread that
+//! serves it instead of crossing to another and back; each command is bounded by [`OPERATION_TIMEOUT`], so an unreachable Redis costs a
 //! caller at most that long and never hangs a webhook. Callers choose what is safe without an
 //! answer (ingress falls back to its local dedupe, egress pauses). A watcher pings every
 //! [`WATCH_INTERVAL`] so `/readyz`, the `redis_up` gauge and the debug snapshot follow Redis'
@@ -13,8 +15,9 @@
 //! errors or the snapshot.
 
 use std::{
+    cell::RefCell,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -62,6 +65,16 @@ redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.floor((next
 return slot - now
 ";
 
+/// Tells the stores of one process apart among each thread's connections (tests run many).
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's own connection to each store, on threads that run a single-threaded
+    /// runtime (the HTTP workers).
+    static THREAD_CONNECTIONS: RefCell<Vec<(u64, ConnectionManager)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
 /// Redis as the debug snapshot and `/readyz` show it.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -80,6 +93,7 @@ pub struct RedisStore {
 }
 
 struct Inner {
+    id: u64,
     client: Client,
     url: SecretString,
     prefix: String,
@@ -100,6 +114,7 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(scrub_url_password(&e.to_string(), url)))?;
         let store = Self {
             inner: Arc::new(Inner {
+                id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
                 client,
                 url: settings.url.clone(),
                 prefix: settings.key_prefix.clone(),
@@ -173,18 +188,53 @@ impl RedisStore {
         format!("{}{key}", self.inner.prefix)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, String> {
-        if let Some(connection) = self.inner.connection.load_full() {
-            return Ok((*connection).clone());
-        }
+    /// A new connection manager (connected, or the error).
+    async fn connect_manager(&self) -> Result<ConnectionManager, String> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(OPERATION_TIMEOUT))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(1));
-        let connection = ConnectionManager::new_with_config(self.inner.client.clone(), config)
+        ConnectionManager::new_with_config(self.inner.client.clone(), config)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// The connection of this thread when it runs a single-threaded runtime (made on first use;
+    /// `None` elsewhere, or when it cannot be made now: the shared one serves then).
+    async fn thread_connection(&self) -> Option<ConnectionManager> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let single_threaded = Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::CurrentThread);
+        if !single_threaded {
+            return None;
+        }
+        let id = self.inner.id;
+        let existing = || {
+            THREAD_CONNECTIONS.with_borrow(|connections| {
+                connections
+                    .iter()
+                    .find(|(store, _)| *store == id)
+                    .map(|(_, connection)| connection.clone())
+            })
+        };
+        if let Some(connection) = existing() {
+            return Some(connection);
+        }
+        let connection = self.connect_manager().await.ok()?;
+        // Another command on this thread may have connected meanwhile: keep the first.
+        Some(existing().unwrap_or_else(|| {
+            THREAD_CONNECTIONS
+                .with_borrow_mut(|connections| connections.push((id, connection.clone())));
+            connection
+        }))
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, String> {
+        if let Some(connection) = self.inner.connection.load_full() {
+            return Ok((*connection).clone());
+        }
+        let connection = self.connect_manager().await?;
         // Another caller may have connected meanwhile: keep the first, drop ours.
         let previous = self
             .inner
@@ -220,7 +270,10 @@ impl RedisStore {
             let connection = match reach {
                 Reach::Connecting => self.connection().await?,
                 Reach::Connected => match self.inner.connection.load_full() {
-                    Some(connection) => (*connection).clone(),
+                    Some(shared) => match self.thread_connection().await {
+                        Some(own) => own,
+                        None => (*shared).clone(),
+                    },
                     None => return Err("not connected".to_owned()),
                 },
             };
@@ -392,6 +445,58 @@ mod tests {
             );
             None
         }
+    }
+
+    impl RedisStore {
+        /// How many connections of its own this thread has to this store.
+        fn thread_connections(&self) -> usize {
+            THREAD_CONNECTIONS.with_borrow(|connections| {
+                connections
+                    .iter()
+                    .filter(|(store, _)| *store == self.inner.id)
+                    .count()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_single_threaded_runtime_gets_a_connection_of_its_own() {
+        let Some(store) = local_redis("thread").await else {
+            return;
+        };
+        assert_eq!(store.thread_connections(), 0);
+        let minute = Duration::from_secs(60);
+        let firsts = futures_util::future::join_all(
+            (0..8).map(|i| store.put_if_absent("seen:t", "1", minute + Duration::from_millis(i))),
+        )
+        .await;
+        assert_eq!(
+            firsts
+                .into_iter()
+                .filter(|first| *first.as_ref().unwrap())
+                .count(),
+            1
+        );
+        assert_eq!(store.get("seen:t").await.unwrap().as_deref(), Some("1"));
+        assert_eq!(store.thread_connections(), 1, "made once, then reused");
+
+        // A multi-threaded runtime's commands go over the store's shared connection (whose
+        // driver runs on this test's runtime, which must go on running meanwhile).
+        let shared = store.clone();
+        tokio::task::spawn_blocking(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                assert_eq!(shared.get("seen:t").await.unwrap().as_deref(), Some("1"));
+                assert_eq!(shared.thread_connections(), 0);
+            });
+        })
+        .await
+        .unwrap();
+        store.remove("seen:t").await.unwrap();
     }
 
     #[tokio::test]
