@@ -5,12 +5,13 @@
 //!
 //! One multiplexed connection ([`ConnectionManager`], which reconnects by itself) carries the
 //! commands, and each HTTP worker thread has one more of its own (made on its first command
-//! once Redis answers), so that a webhook's command is written and answered on the thread that
-//! serves it instead of crossing to another and back; each command is bounded by [`OPERATION_TIMEOUT`], so an unreachable Redis costs a
-//! caller at most that long and never hangs a webhook. Callers choose what is safe without an
-//! answer (ingress falls back to its local dedupe, egress pauses). A watcher pings every
-//! [`WATCH_INTERVAL`] so `/readyz`, the `redis_up` gauge and the debug snapshot follow Redis'
-//! state, and so the connection comes back without waiting for traffic. TLS (`rediss://`) and
+//! while Redis answers), so that a webhook's command is written and answered on the thread
+//! that serves it instead of crossing to another and back. Each command is bounded by
+//! [`OPERATION_TIMEOUT`], so an unreachable Redis costs a caller at most that long and never
+//! hangs a webhook. Callers choose what is safe without an answer (ingress falls back to its
+//! local dedupe, egress pauses). A watcher pings every [`WATCH_INTERVAL`] so `/readyz`, the
+//! `redis_up` gauge and the debug snapshot follow Redis' state, and so the connection comes
+//! back without waiting for traffic. TLS (`rediss://`) and
 //! AUTH (`redis://user:password@…`) come from the URL; the password never appears in logs,
 //! errors or the snapshot.
 
@@ -200,8 +201,9 @@ impl RedisStore {
             .map_err(|e| e.to_string())
     }
 
-    /// The connection of this thread when it runs a single-threaded runtime (made on first use;
-    /// `None` elsewhere, or when it cannot be made now: the shared one serves then).
+    /// The connection of this thread when it runs a single-threaded runtime (made on first use
+    /// while Redis answers; `None` elsewhere, or when it cannot be made now: the shared one
+    /// serves then).
     async fn thread_connection(&self) -> Option<ConnectionManager> {
         use tokio::runtime::{Handle, RuntimeFlavor};
         let single_threaded = Handle::try_current()
@@ -220,6 +222,10 @@ impl RedisStore {
         };
         if let Some(connection) = existing() {
             return Some(connection);
+        }
+        if !self.is_up() {
+            // Not now: the shared connection answers (or fails) as fast as Redis lets it.
+            return None;
         }
         let connection = self.connect_manager().await.ok()?;
         // Another command on this thread may have connected meanwhile: keep the first.
