@@ -18,9 +18,9 @@
 //!
 //! Run: `cargo bench --bench many_instances` (needs RabbitMQ at `AMQP_URL`, default
 //! 127.0.0.1:5672, and Redis at `REDIS_URL`, default 127.0.0.1:6379). Environment:
-//! `BENCH_MESSAGES` (default 50000), `BENCH_CONCURRENCY` (64), `BENCH_EVENTS` (3000),
-//! `BENCH_PARTITIONS` (6), `BENCH_INSTANCE_CPU` (0.25; 0 leaves the instances uncapped),
-//! `BENCH_ONLY` (`ingress` or `egress` to measure one ratio only),
+//! `BENCH_MESSAGES` (default 50000), `BENCH_CONCURRENCY` (64), `BENCH_EVENTS` (9000; shorter
+//! runs swing more), `BENCH_PARTITIONS` (6), `BENCH_INSTANCE_CPU` (0.25; 0 leaves the
+//! instances uncapped), `BENCH_ONLY` (`ingress` or `egress` to measure one ratio only),
 //! `BENCH_ROUNDS` (3): each ratio is measured that many times, baseline and candidate back to
 //! back, and the median is reported, since one short run on a shared machine can be off by a
 //! third either way.
@@ -176,7 +176,7 @@ async fn main() {
     let messages = env_or("BENCH_MESSAGES", 50_000);
     let rounds = env_or("BENCH_ROUNDS", 3).max(1);
     let concurrency = env_or("BENCH_CONCURRENCY", 64);
-    let events = env_or("BENCH_EVENTS", 3000);
+    let events = env_or("BENCH_EVENTS", 9000);
     let partitions = env_or("BENCH_PARTITIONS", 6);
     let share: f64 = env_or("BENCH_INSTANCE_CPU", 0.25);
     let share = match CpuCap::new("ingress-egress-bench-probe", share) {
