@@ -11,9 +11,8 @@
 //! hangs a webhook. Callers choose what is safe without an answer (ingress falls back to its
 //! local dedupe, egress pauses). A watcher pings every [`WATCH_INTERVAL`] so `/readyz`, the
 //! `redis_up` gauge and the debug snapshot follow Redis' state, and so the connection comes
-//! back without waiting for traffic. TLS (`rediss://`) and
-//! AUTH (`redis://user:password@…`) come from the URL; the password never appears in logs,
-//! errors or the snapshot.
+//! back without waiting for traffic. TLS (`rediss://`) and AUTH (`redis://user:password@…`)
+//! come from the URL; the password never appears in logs, errors or the snapshot.
 
 use std::{
     cell::RefCell,

@@ -173,7 +173,10 @@ mod tests {
 
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_sdk::trace::SdkTracerProvider;
-    use tracing_subscriber::{layer::SubscriberExt, EnvFilter};
+    use tracing_subscriber::{
+        layer::{Identity, Layered, SubscriberExt},
+        EnvFilter, Registry,
+    };
 
     use super::*;
 
@@ -211,25 +214,30 @@ mod tests {
         }
     }
 
-    fn capture(body: impl FnOnce()) -> Vec<Value> {
+    /// The lines `body` logs through the JSON layer, with spans traced by `tracing`.
+    fn capture_with<L>(tracing: L, gcp_project: Option<&str>, body: impl FnOnce()) -> Vec<Value>
+    where
+        L: Layer<Layered<EnvFilter, Registry>> + Send + Sync + 'static,
+    {
         let buffer = Buffer::default();
         let subscriber = tracing_subscriber::registry()
             .with(EnvFilter::new("trace"))
-            .with(json_layer(buffer.clone(), None));
+            .with(tracing)
+            .with(json_layer(buffer.clone(), gcp_project.map(str::to_owned)));
         tracing::subscriber::with_default(subscriber, body);
         buffer.lines()
     }
 
-    /// Like [`capture`], with spans traced by OpenTelemetry.
+    /// Like [`capture_with`], with no trace.
+    fn capture(body: impl FnOnce()) -> Vec<Value> {
+        capture_with(Identity::new(), None, body)
+    }
+
+    /// Like [`capture_with`], with spans traced by OpenTelemetry.
     fn capture_traced(gcp_project: Option<&str>, body: impl FnOnce()) -> Vec<Value> {
-        let buffer = Buffer::default();
         let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(EnvFilter::new("trace"))
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
-            .with(json_layer(buffer.clone(), gcp_project.map(str::to_owned)));
-        tracing::subscriber::with_default(subscriber, body);
-        buffer.lines()
+        let spans = tracing_opentelemetry::layer().with_tracer(provider.tracer("test"));
+        capture_with(spans, gcp_project, body)
     }
 
     #[test]
@@ -276,13 +284,8 @@ mod tests {
 
     #[test]
     fn lines_inside_a_trace_carry_its_ids_when_spans_are_not_exported() {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(EnvFilter::new("trace"))
-            .with(crate::telemetry::trace_id_layer())
-            .with(json_layer(buffer.clone(), None));
         let mut ids = Vec::new();
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = capture_with(crate::telemetry::trace_id_layer(), None, || {
             tracing::info!("outside");
             let request = tracing::info_span!("request");
             let _request = request.enter();
@@ -293,7 +296,6 @@ mod tests {
             tracing::info!("in the publish");
             ids.push(current_span_context().unwrap());
         });
-        let lines = buffer.lines();
         assert!(lines[0].get("trace_id").is_none(), "no trace outside spans");
         for (line, ids) in lines[1..].iter().zip(&ids) {
             assert_eq!(line["trace_id"], ids.trace_id().to_string());

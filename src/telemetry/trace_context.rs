@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use opentelemetry::{
-    propagation::TextMapPropagator,
+    propagation::{Injector, TextMapPropagator},
     trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
     Context,
 };
@@ -33,14 +33,19 @@ pub fn current_span_context() -> Option<SpanContext> {
 
 /// The `traceparent` naming the current span, when it is traced.
 pub fn current_traceparent() -> Option<String> {
-    let span_context = current_span_context()?;
-    let sampled = span_context.trace_flags() & TraceFlags::SAMPLED;
-    Some(format!(
-        "00-{}-{}-{:02x}",
-        span_context.trace_id(),
-        span_context.span_id(),
-        sampled.to_u8()
-    ))
+    /// Keeps the one header the propagator writes (no map for it on every publish).
+    struct Traceparent(Option<String>);
+    impl Injector for Traceparent {
+        fn set(&mut self, key: &str, value: String) {
+            if key == TRACEPARENT {
+                self.0 = Some(value);
+            }
+        }
+    }
+    let context = Context::new().with_remote_span_context(current_span_context()?);
+    let mut traceparent = Traceparent(None);
+    TraceContextPropagator::new().inject_context(&context, &mut traceparent);
+    traceparent.0
 }
 
 /// The trace id (32 lower-case hex digits) of the current span, when it is traced.

@@ -147,6 +147,28 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Stops it as Cloud Run does (SIGTERM) and waits (up to 20 s) for a clean exit, so what it
+    /// does on the way out (exporting buffered spans, its last lines) is done.
+    pub fn terminate(&mut self) {
+        let signalled = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(signalled.success());
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status {status}");
+                // The readers have the last lines once the pipes close.
+                std::thread::sleep(Duration::from_millis(100));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the service did not stop within 20 s");
+    }
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -5,8 +5,6 @@
 //! naming the trace the way Cloud Logging links them.
 
 use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -22,6 +20,7 @@ use crate::{
     egress_support::{egress_app, fake_twilio, next_matching},
     fake_twilio::Route,
     helpers::{fixture, fixture_tokens, header, spans},
+    process::{Service, Workdir},
     require_broker,
 };
 
@@ -237,132 +236,51 @@ async fn collect(
         .body(Vec::new())
 }
 
-/// The service binary on the embedded bus, its JSON log lines read as they come.
-struct RunningBinary {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<Value>,
-    reader: std::thread::JoinHandle<()>,
-    logs: Vec<Value>,
-    port: u64,
-    _outbox: tempfile::TempDir,
+/// The service binary on the embedded bus, with the fixtures' Twilio credentials and `vars`.
+fn start_binary(workdir: &Workdir, vars: &[(&str, &str)]) -> Service {
+    let tokens = fixture_tokens();
+    let mut all = vec![
+        ("APP_ENV", "development"),
+        ("LOG_LEVEL", "info"),
+        ("PUBLIC_BASE_URL", tokens.public_base_url.as_str()),
+        ("TWILIO_ACCOUNT_SID", tokens.account_sid.as_str()),
+        ("TWILIO_AUTH_TOKEN", tokens.primary_auth_token.as_str()),
+        workdir.outbox(),
+    ];
+    all.extend_from_slice(vars);
+    Service::start(workdir.path(), &all)
 }
 
-impl RunningBinary {
-    /// Starts the binary with `env` besides what every run needs, and waits until it listens.
-    fn start(env: &[(&str, String)]) -> Self {
-        let tokens = fixture_tokens();
-        let outbox = tempfile::tempdir().unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ingress-egress"));
-        command
-            .env_clear()
-            // Away from the repository, whose .env the binary would read.
-            .current_dir(std::env::temp_dir())
-            .env("PORT", "0")
-            .env("APP_ENV", "development")
-            .env("LOG_FORMAT", "json")
-            .env("LOG_LEVEL", "info")
-            .env("PUBLIC_BASE_URL", &tokens.public_base_url)
-            .env("TWILIO_ACCOUNT_SID", &tokens.account_sid)
-            .env("TWILIO_AUTH_TOKEN", &tokens.primary_auth_token)
-            .env("OUTBOX_DIR", outbox.path());
-        for (name, value) in env {
-            command.env(name, value);
-        }
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the service binary starts");
-        let stdout = child.stdout.take().unwrap();
-        let (lines_tx, lines) = std::sync::mpsc::channel::<Value>();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let json = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| panic!("a log line that is not JSON: {line}"));
-                if lines_tx.send(json).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut logs: Vec<Value> = Vec::new();
-        let port = loop {
-            let line = lines
-                .recv_timeout(WAIT)
-                .expect("the service logs that it listens");
-            logs.push(line.clone());
-            if line["message"] == "ingress-egress listening" {
-                break line["port"].as_u64().unwrap();
-            }
-        };
-        Self {
-            child,
-            lines,
-            reader,
-            logs,
-            port,
-            _outbox: outbox,
-        }
+/// Posts the signed SMS webhook `name` (a fixture), with `traceparent` when given; the envelope
+/// it published.
+async fn post_sms(service: &Service, name: &str, traceparent: Option<&str>) -> Value {
+    let sms = fixture(name);
+    let client = reqwest::Client::new();
+    let mut request = client
+        .post(format!("{}{}", service.address, sms.path_and_query))
+        .header("Content-Type", &sms.content_type)
+        .header("X-Twilio-Signature", &sms.signature);
+    if let Some(traceparent) = traceparent {
+        request = request.header("traceparent", traceparent);
     }
-
-    /// The signed SMS webhook `name` (a fixture), with `traceparent` when given; the envelope
-    /// it published.
-    async fn post_sms(&self, name: &str, traceparent: Option<&str>) -> Value {
-        let sms = fixture(name);
-        let client = reqwest::Client::new();
-        let mut request = client
-            .post(format!(
-                "http://127.0.0.1:{}{}",
-                self.port, sms.path_and_query
-            ))
-            .header("Content-Type", &sms.content_type)
-            .header("X-Twilio-Signature", &sms.signature);
-        if let Some(traceparent) = traceparent {
-            request = request.header("traceparent", traceparent);
-        }
-        let response = request.body(sms.body.clone()).send().await.unwrap();
-        assert_eq!(response.status(), 200);
-        let recent: Value = client
-            .get(format!("http://127.0.0.1:{}/_debug/events", self.port))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        recent["events"]
-            .as_array()
-            .expect("recent events")
-            .iter()
-            .rev()
-            .find(|m| m["routingKey"] == topics::INGRESS)
-            .map(|m| m["body"].clone())
-            .expect("the SMS was published on the embedded bus")
-    }
-
-    /// Stops it as Cloud Run does (buffered spans are exported on the way out); every line it
-    /// logged.
-    fn stop(mut self) -> Vec<Value> {
-        let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let deadline = std::time::Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the service did not stop"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(status.success(), "exit status {status}");
-        self.reader.join().unwrap();
-        self.logs.extend(self.lines.try_iter());
-        self.logs
-    }
+    let response = request.body(sms.body.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let recent: Value = client
+        .get(format!("{}/_debug/events", service.address))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    recent["events"]
+        .as_array()
+        .expect("recent events")
+        .iter()
+        .rev()
+        .find(|m| m["routingKey"] == topics::INGRESS)
+        .map(|m| m["body"].clone())
+        .expect("the SMS was published on the embedded bus")
 }
 
 /// The lines logged for accepted webhooks, in order.
@@ -391,27 +309,26 @@ async fn the_binary_exports_spans_over_otlp_and_logs_link_to_the_trace() {
     let collector_handle = collector.handle();
     tokio::spawn(collector);
 
-    let service = RunningBinary::start(&[
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-            format!("http://127.0.0.1:{collector_port}"),
-        ),
-        ("OTEL_SERVICE_NAME", "ingress-egress-otlp-test".into()),
-        ("GOOGLE_CLOUD_PROJECT", "test-project".into()),
-    ]);
-    let listening = service
-        .logs
-        .iter()
-        .find(|line| line["message"] == "ingress-egress listening")
-        .unwrap();
+    let workdir = Workdir::new();
+    let endpoint = format!("http://127.0.0.1:{collector_port}");
+    let mut service = start_binary(
+        &workdir,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_SERVICE_NAME", "ingress-egress-otlp-test"),
+            ("GOOGLE_CLOUD_PROJECT", "test-project"),
+        ],
+    );
+    let listening = service.wait_for_log(|line| line["message"] == "ingress-egress listening");
     assert_eq!(
         listening["trace_export"],
         format!("http://127.0.0.1:{collector_port}/v1/traces")
     );
-    let published = service.post_sms("sms_basic", None).await;
+    let published = post_sms(&service, "sms_basic", None).await;
     let trace_id =
         TraceId::from_hex(published["traceId"].as_str().expect("traceId")).expect("a W3C trace id");
-    let logs = service.stop();
+    service.terminate();
+    let logs = service.log();
     collector_handle.stop(true).await;
 
     let exports = exports.lock().unwrap().clone();
@@ -446,16 +363,18 @@ async fn the_binary_exports_spans_over_otlp_and_logs_link_to_the_trace() {
 
 #[tokio::test]
 async fn without_span_export_the_binary_still_carries_and_logs_the_trace() {
-    let service = RunningBinary::start(&[]);
+    let workdir = Workdir::new();
+    let mut service = start_binary(&workdir, &[]);
     let caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let continued = service
-        .post_sms(
-            "sms_basic",
-            Some(&format!("00-{caller_trace}-00f067aa0ba902b7-01")),
-        )
-        .await;
-    let started = service.post_sms("sms_empty_body", None).await;
-    let logs = service.stop();
+    let continued = post_sms(
+        &service,
+        "sms_basic",
+        Some(&format!("00-{caller_trace}-00f067aa0ba902b7-01")),
+    )
+    .await;
+    let started = post_sms(&service, "sms_empty_body", None).await;
+    service.terminate();
+    let logs = service.log();
 
     assert_eq!(
         continued["traceId"], caller_trace,
