@@ -11,7 +11,8 @@
 //!    status event, ack.
 //!
 //! For each: messages per second (first to last create at the endpoint), CPU microseconds per
-//! message and peak RSS of the consuming process, TCP connections opened, duplicates (creates
+//! message and peak RSS of the consuming process, the local broker's CPU microseconds per
+//! message over the same span (when RabbitMQ runs on this machine), TCP connections opened, duplicates (creates
 //! with an idempotency token seen before). Prints the ratio (target ≥ 0.70) and whether the
 //! connections opened stay within the sends in flight plus a few.
 //!
@@ -20,7 +21,8 @@
 //! `BENCH_STATE_PARENT` (where the service's `OUTBOX_DIR`, and with it the send ledger, goes;
 //! the system's temporary directory by default, `/dev/shm` for a memory file system as on
 //! Cloud Run), `BENCH_ROUNDS` (3: baseline and service are measured that many times, back to
-//! back, and the median ratio is printed).
+//! back, and the median ratio is printed), `BENCH_SERVICE_ENV` (extra `NAME=value` pairs, separated
+//! by spaces, for the service's process only, to try a setting without touching the baseline).
 
 use std::{
     collections::HashSet,
@@ -77,7 +79,7 @@ async fn main() {
          quorum queue"
     );
     println!(
-        "                                      msg/s   CPU us/msg  peak RSS  connections  duplicates"
+        "                                      msg/s   CPU us/msg  broker us  peak RSS  connections  duplicates"
     );
     // The machine is noisy (the same bare consumer has measured 7,600 and 13,900 msg/s a few
     // minutes apart): the pair is measured `BENCH_ROUNDS` times back to back and the median
@@ -148,10 +150,13 @@ async fn measure(
         .await;
     let _ = channel.close(200, "done".into()).await;
     println!(
-        "{:<36} {:>7.0} {:>11.0} {:>6.1} MB {:>12} {:>11}",
+        "{:<36} {:>7.0} {:>11.0} {:>10} {:>6.1} MB {:>12} {:>11}",
         who.label(),
         result.rate,
         result.cpu_micros_per_message,
+        result
+            .broker_cpu_micros_per_message
+            .map_or("-".to_owned(), |cpu| format!("{cpu:.0}")),
         result.peak_rss_kb as f64 / 1024.0,
         result.connections,
         result.duplicates,
@@ -210,7 +215,8 @@ impl Consumer {
                     .env("TWILIO_MAX_SEND_RATE", "1000000")
                     .env("PUBLIC_BASE_URL", "https://bench.example.com")
                     .env("LOG_LEVEL", "warn")
-                    .env("LOG_FORMAT", "json");
+                    .env("LOG_FORMAT", "json")
+                    .envs(support::service_env());
                 command
             }
         };
@@ -289,6 +295,8 @@ fn reply_event(i: usize) -> serde_json::Value {
 struct Outcome {
     rate: f64,
     cpu_micros_per_message: f64,
+    /// The local broker's CPU over the same span, when it runs on this machine.
+    broker_cpu_micros_per_message: Option<f64>,
     peak_rss_kb: u64,
     connections: u64,
     duplicates: u64,
@@ -342,13 +350,16 @@ impl FakeMessages {
     /// Waits until `events` messages were created (at most five minutes).
     async fn wait_for(&self, child: &mut Child, events: usize) -> Outcome {
         let process = ProcessStats::of(child.id());
+        let broker = support::local_broker();
         let state = &self.state;
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut cpu_at_first = None;
+        let mut broker_cpu_at_first = 0.0;
         loop {
             let created = state.creates.load(Ordering::SeqCst) as usize;
             if created > 0 && cpu_at_first.is_none() {
                 cpu_at_first = Some(process.cpu_seconds());
+                broker_cpu_at_first = broker.as_ref().map_or(0.0, ProcessStats::cpu_seconds);
             }
             if created >= events {
                 break;
@@ -362,6 +373,9 @@ impl FakeMessages {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let cpu = process.cpu_seconds() - cpu_at_first.unwrap_or(0.0);
+        let broker_cpu = broker
+            .as_ref()
+            .map(|broker| broker.cpu_seconds() - broker_cpu_at_first);
         // Let the last acks and status events go out before reading the peak.
         tokio::time::sleep(Duration::from_millis(300)).await;
         let first = state.first_create.lock().unwrap().expect("created");
@@ -370,6 +384,7 @@ impl FakeMessages {
         Outcome {
             rate: (created - 1) as f64 / (last - first).as_secs_f64(),
             cpu_micros_per_message: cpu * 1e6 / created as f64,
+            broker_cpu_micros_per_message: broker_cpu.map(|cpu| cpu * 1e6 / created as f64),
             peak_rss_kb: process.peak_rss_kb(),
             connections: state.accepts.load(Ordering::SeqCst),
             duplicates: state.duplicates.load(Ordering::SeqCst),

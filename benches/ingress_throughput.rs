@@ -19,7 +19,8 @@
 //!
 //! Run: `cargo bench --bench ingress_throughput` (needs `wrk` on the PATH and RabbitMQ at
 //! `AMQP_URL`, default 127.0.0.1:5672). Environment: `BENCH_SECONDS` (default 10),
-//! `BENCH_CONCURRENCY` (64), `BENCH_QUEUE_TYPES` (`classic,quorum`), `BENCH_WRK_THREADS` (1).
+//! `BENCH_CONCURRENCY` (64), `BENCH_QUEUE_TYPES` (`classic,quorum`), `BENCH_WRK_THREADS` (1),
+//! `BENCH_SERVICE_ENV` (extra `NAME=value` pairs, separated by spaces, for the service only).
 //! Set `BENCH_KEEP_SERVICE_SECONDS` to leave the service under load that long longer (to attach
 //! a profiler; see README "Performance").
 
@@ -265,6 +266,7 @@ async fn service(
         .env("OUTBOX_DIR", outbox.path())
         .env("LOG_LEVEL", "warn")
         .env("LOG_FORMAT", "json")
+        .envs(support::service_env())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -18,6 +18,17 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
+/// `BENCH_SERVICE_ENV`: extra `NAME=value` pairs, separated by spaces, for the service's process
+/// only (the baseline keeps the bench's own environment), to try a setting in a same-run ratio.
+pub fn service_env() -> Vec<(String, String)> {
+    std::env::var("BENCH_SERVICE_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect()
+}
+
 /// The broker the benchmarks use: `AMQP_URL`, default the local RabbitMQ.
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -176,6 +187,20 @@ impl ProcessStats {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The local RabbitMQ's process (`beam.smp`), when the broker runs on this machine: its CPU per
+/// message shows what a consumer costs the broker, which a throughput ratio alone hides.
+pub fn local_broker() -> Option<ProcessStats> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim() == "beam.smp")
+        })
+        .map(ProcessStats::of)
 }
 
 fn clock_ticks_per_second() -> f64 {

@@ -16,14 +16,14 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::DateTime;
-use futures_util::{future::BoxFuture, StreamExt};
+use futures_util::{future::BoxFuture, FutureExt, StreamExt};
 use lapin::{
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
         BasicQosOptions, QueueDeclareOptions,
     },
-    types::{AMQPValue, FieldTable, ShortString},
-    Acker, BasicProperties, Channel,
+    types::{AMQPValue, DeliveryTag, FieldTable, ShortString},
+    BasicProperties, Channel,
 };
 use tokio::{
     sync::{mpsc, watch},
@@ -257,7 +257,8 @@ impl Consumer {
                             redelivered: delivery.redelivered,
                             body: delivery.data,
                             handle: DeliveryHandle::new(AmqpSettle {
-                                acker: delivery.acker,
+                                channel: channel.clone(),
+                                delivery_tag: delivery.delivery_tag,
                                 returned_on_close: self
                                     .probe
                                     .stopping
@@ -294,8 +295,18 @@ fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
+/// Settles one delivery on the channel it came on.
+///
+/// A settlement is queued on the channel and not waited for: waiting for lapin to report the
+/// frame written costs two thread hand-offs per message (its I/O thread back to the runtime,
+/// and for lapin's `Acker` its internal task and a task spawned per settlement), and tells
+/// nothing the broker does not: a settlement that never reaches the broker leaves the message
+/// unsettled, and the broker delivers it again when the channel closes, exactly as after an
+/// awaited ack that failed. A channel that is already closed refuses at once, and the caller
+/// hears of it.
 struct AmqpSettle {
-    acker: Acker,
+    channel: Channel,
+    delivery_tag: DeliveryTag,
     /// With a single active consumer: the signal that the consumer is stopping. Once it is
     /// given, a requeue leaves the message unsettled instead: closing the channel returns
     /// everything unsettled in delivery order before the next consumer starts, whereas a
@@ -305,13 +316,11 @@ struct AmqpSettle {
 
 impl Settle for AmqpSettle {
     fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(async {
-            self.acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| SettleError::Broker(e.to_string()))
-        })
+        let queued = queue_frame(
+            self.channel
+                .basic_ack(self.delivery_tag, BasicAckOptions::default()),
+        );
+        Box::pin(std::future::ready(queued))
     }
 
     fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>> {
@@ -320,26 +329,33 @@ impl Settle for AmqpSettle {
             .as_ref()
             .is_some_and(CancellationToken::is_cancelled)
         {
-            return Box::pin(async { Ok(()) });
+            return Box::pin(std::future::ready(Ok(())));
         }
-        Box::pin(self.nack(true))
+        Box::pin(std::future::ready(self.nack(true)))
     }
 
     fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(self.nack(false))
+        Box::pin(std::future::ready(self.nack(false)))
     }
 }
 
 impl AmqpSettle {
-    async fn nack(&self, requeue: bool) -> Result<(), SettleError> {
+    fn nack(&self, requeue: bool) -> Result<(), SettleError> {
         let options = BasicNackOptions {
             requeue,
             ..BasicNackOptions::default()
         };
-        self.acker
-            .nack(options)
-            .await
-            .map(|_| ())
-            .map_err(|e| SettleError::Broker(e.to_string()))
+        queue_frame(self.channel.basic_nack(self.delivery_tag, options))
+    }
+}
+
+/// Runs a lapin settlement up to the point where its frame is queued for the I/O thread (lapin
+/// queues it on the first poll, then waits for the write) and leaves the write to that thread.
+fn queue_frame(
+    settle: impl std::future::Future<Output = lapin::Result<()>>,
+) -> Result<(), SettleError> {
+    match settle.now_or_never() {
+        Some(Err(error)) => Err(SettleError::Broker(error.to_string())),
+        Some(Ok(())) | None => Ok(()),
     }
 }
