@@ -11,6 +11,7 @@ mod asyncapi;
 mod broker_proxy;
 mod broker_skip;
 mod broker_trouble;
+mod bus_settlements;
 mod cli;
 mod connector_link;
 mod conversations;

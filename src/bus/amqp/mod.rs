@@ -10,6 +10,7 @@
 //! publishes; [`router`] spreads the shared egress queue over partition queues.
 
 pub mod router;
+mod settlements;
 pub mod subscription;
 pub mod tap;
 pub mod topology;

@@ -11,27 +11,26 @@
 //! Stopping is two steps so nothing is lost: [`AmqpSubscription::stop`] cancels the consumer
 //! (no new deliveries) but keeps the channel, so deliveries in flight can still be acked;
 //! [`AmqpSubscription::close`] then closes the channel, which returns anything unacked to the
-//! queue.
+//! queue. Acks are sent as few frames as possible ([`super::settlements`]).
 
 use std::{sync::Arc, time::Duration};
 
 use chrono::DateTime;
-use futures_util::{future::BoxFuture, FutureExt, StreamExt};
+use futures_util::{future::BoxFuture, StreamExt};
 use lapin::{
-    options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, QueueDeclareOptions,
-    },
+    options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::{AMQPValue, DeliveryTag, FieldTable, ShortString},
     BasicProperties, Channel,
 };
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
+    time::MissedTickBehavior,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    settlements::Settlements,
     topology::{declare_queue, TopologyError},
     AmqpBus, Link,
 };
@@ -46,6 +45,10 @@ use crate::{
 /// How often the queue's depth (and consumer count) is sampled for the metric, the debug
 /// snapshot and the balancing of egress partitions.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long an ack may wait behind an earlier delivery still in progress before it is sent
+/// alone ([`Settlements`]); a waiting ack holds its place in the prefetch window.
+const WAITING_ACKS_FLUSH: Duration = Duration::from_millis(50);
 
 pub struct AmqpSubscription {
     deliveries: mpsc::Receiver<Received>,
@@ -166,8 +169,12 @@ impl Consumer {
             backoff.reset();
             self.probe.consuming.set(true);
             tracing::info!(queue = %self.spec.queue, prefetch = self.spec.prefetch, "consuming");
+            let settlements = Arc::new(Settlements::new(
+                channel.clone(),
+                usize::from(self.spec.prefetch) / 4,
+            ));
             let ended = self
-                .consume(&channel, &mut consumer, &mut links, &link)
+                .consume(&channel, &mut consumer, &settlements, &mut links, &link)
                 .await;
             self.probe.consuming.set(false);
             if let Some(active) = &self.probe.active {
@@ -175,6 +182,9 @@ impl Consumer {
             }
             match ended {
                 Ended::Stopped => {
+                    // Deliveries in flight are still settled until the channel closes, and
+                    // the tick that sent waiting acks has stopped with the consumer.
+                    let _ = settlements.stop_waiting();
                     self.close.cancelled().await;
                     let _ = channel.close(200, "shutdown".into()).await;
                     // Dropped only now: dropping a consumer cancels it, and a cancelled single
@@ -203,10 +213,13 @@ impl Consumer {
         &self,
         channel: &Channel,
         consumer: &mut lapin::Consumer,
+        settlements: &Arc<Settlements>,
         links: &mut watch::Receiver<Option<Arc<Link>>>,
         link: &Arc<Link>,
     ) -> Ended {
         let mut depth_sample = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
+        let mut flush_waiting_acks = tokio::time::interval(WAITING_ACKS_FLUSH);
+        flush_waiting_acks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -224,6 +237,11 @@ impl Consumer {
                         && links.borrow().as_ref().is_some_and(|current| Arc::ptr_eq(current, link));
                     if !same {
                         return Ended::LinkLost;
+                    }
+                }
+                _ = flush_waiting_acks.tick() => {
+                    if let Err(error) = settlements.flush() {
+                        tracing::warn!(%error, queue = %self.spec.queue, "waiting acks not sent; the broker delivers those events again");
                     }
                 }
                 _ = depth_sample.tick() => {
@@ -257,7 +275,7 @@ impl Consumer {
                             redelivered: delivery.redelivered,
                             body: delivery.data,
                             handle: DeliveryHandle::new(AmqpSettle {
-                                channel: channel.clone(),
+                                settlements: settlements.clone(),
                                 delivery_tag: delivery.delivery_tag,
                                 returned_on_close: self
                                     .probe
@@ -295,17 +313,9 @@ fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
     }
 }
 
-/// Settles one delivery on the channel it came on.
-///
-/// A settlement is queued on the channel and not waited for: waiting for lapin to report the
-/// frame written costs two thread hand-offs per message (its I/O thread back to the runtime,
-/// and for lapin's `Acker` its internal task and a task spawned per settlement), and tells
-/// nothing the broker does not: a settlement that never reaches the broker leaves the message
-/// unsettled, and the broker delivers it again when the channel closes, exactly as after an
-/// awaited ack that failed. A channel that is already closed refuses at once, and the caller
-/// hears of it.
+/// Settles one delivery through its channel's [`Settlements`].
 struct AmqpSettle {
-    channel: Channel,
+    settlements: Arc<Settlements>,
     delivery_tag: DeliveryTag,
     /// With a single active consumer: the signal that the consumer is stopping. Once it is
     /// given, a requeue leaves the message unsettled instead: closing the channel returns
@@ -316,11 +326,7 @@ struct AmqpSettle {
 
 impl Settle for AmqpSettle {
     fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        let queued = queue_frame(
-            self.channel
-                .basic_ack(self.delivery_tag, BasicAckOptions::default()),
-        );
-        Box::pin(std::future::ready(queued))
+        Box::pin(std::future::ready(self.settlements.ack(self.delivery_tag)))
     }
 
     fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>> {
@@ -331,31 +337,14 @@ impl Settle for AmqpSettle {
         {
             return Box::pin(std::future::ready(Ok(())));
         }
-        Box::pin(std::future::ready(self.nack(true)))
+        Box::pin(std::future::ready(
+            self.settlements.nack(self.delivery_tag, true),
+        ))
     }
 
     fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(std::future::ready(self.nack(false)))
-    }
-}
-
-impl AmqpSettle {
-    fn nack(&self, requeue: bool) -> Result<(), SettleError> {
-        let options = BasicNackOptions {
-            requeue,
-            ..BasicNackOptions::default()
-        };
-        queue_frame(self.channel.basic_nack(self.delivery_tag, options))
-    }
-}
-
-/// Runs a lapin settlement up to the point where its frame is queued for the I/O thread (lapin
-/// queues it on the first poll, then waits for the write) and leaves the write to that thread.
-fn queue_frame(
-    settle: impl std::future::Future<Output = lapin::Result<()>>,
-) -> Result<(), SettleError> {
-    match settle.now_or_never() {
-        Some(Err(error)) => Err(SettleError::Broker(error.to_string())),
-        Some(Ok(())) | None => Ok(()),
+        Box::pin(std::future::ready(
+            self.settlements.nack(self.delivery_tag, false),
+        ))
     }
 }
