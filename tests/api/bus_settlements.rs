@@ -12,15 +12,11 @@ use ingress_egress::{
     configuration::{QueueType, Settings},
     readiness::ReadyFlag,
 };
-use lapin::{
-    options::{BasicPublishOptions, QueueDeclareOptions},
-    types::FieldTable,
-    BasicProperties, Connection, ConnectionProperties,
-};
+use lapin::{options::BasicPublishOptions, BasicProperties, Connection, ConnectionProperties};
 use prometheus::IntGauge;
 
 use crate::{
-    helpers::{base_vars, delete_broker_objects},
+    helpers::{base_vars, delete_broker_objects, inspect_queue},
     require_broker,
 };
 
@@ -133,23 +129,7 @@ impl Fixture {
 }
 
 async fn ready_messages(url: &str, queue: &str) -> u32 {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let queue = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
-    queue.message_count()
+    inspect_queue(url, queue).await.message_count()
 }
 
 fn by_number(received: Vec<(u32, Received)>) -> std::collections::BTreeMap<u32, Received> {

@@ -20,14 +20,13 @@ use ingress_egress::{
     readiness::ReadyFlag,
     state::file::FileStore,
 };
-use lapin::{options::QueueDeclareOptions, types::FieldTable, Connection, ConnectionProperties};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     egress_support::{fake_twilio, killable_vars, next_matching, reply_to, EgressPublisher},
     fake_twilio::{FakeTwilio, Reply, Route},
-    helpers::{delete_broker_objects, BusTap},
+    helpers::{delete_broker_objects, inspect_queue, BusTap},
     require_broker,
 };
 
@@ -111,23 +110,9 @@ impl Consumer {
     }
 
     async fn ready_messages(&self, url: &str) -> u32 {
-        let connection = Connection::connect(url, ConnectionProperties::default())
+        inspect_queue(url, &self.settings.bus.egress_queue)
             .await
-            .unwrap();
-        let channel = connection.create_channel().await.unwrap();
-        let queue = channel
-            .queue_declare(
-                self.settings.bus.egress_queue.as_str().into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-        let _ = connection.close(200, "done".into()).await;
-        queue.message_count()
+            .message_count()
     }
 
     async fn publisher(&self, url: &str) -> EgressPublisher {

@@ -147,6 +147,24 @@ impl Drop for TestApp {
 
 /// Deletes `queue` and `exchange` from the broker at `url` (best effort). Runs on a thread of
 /// its own, so it works from `Drop` and from inside a test's runtime alike.
+/// A queue's counters (ready messages, consumers), read with a passive declare.
+pub async fn inspect_queue(url: &str, queue: &str) -> lapin::Queue {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    queue
+}
+
 pub fn delete_broker_objects(url: &str, exchange: &str, queue: &str) {
     let (url, exchange, queue) = (url.to_owned(), exchange.to_owned(), queue.to_owned());
     let _ = std::thread::spawn(move || {

@@ -4,8 +4,8 @@
 //! settled goes out at once, as one `basic.ack` with `multiple` set that also covers the acks
 //! that were waiting behind it. An ack that comes while an earlier delivery is still being
 //! worked on waits for it, but not for long: once [`Settlements::new`]'s `wait_limit` acks wait,
-//! or at the next [`Settlements::flush`] (the consumer calls it on a short tick, and when it
-//! stops), the waiting acks go out one by one. Nacks (requeue, reject) go out at once and count
+//! or at [`Settlements::flush`] (the consumer calls it shortly after an ack starts waiting, and
+//! when it stops), the waiting acks go out one by one. Nacks (requeue, reject) go out at once and count
 //! as settled for the acks behind them.
 //!
 //! Why: for a quorum queue every ack frame is an entry in the queue's log; fewer frames cost the
@@ -28,6 +28,7 @@ use lapin::{
     types::DeliveryTag,
     Channel,
 };
+use tokio::sync::Notify;
 
 use crate::bus::delivery::SettleError;
 
@@ -36,6 +37,8 @@ pub(super) struct Settlements {
     channel: Channel,
     window: Mutex<Window>,
     wait_limit: AtomicUsize,
+    /// Signalled when an ack starts waiting, so the consumer arms its flush only then.
+    ack_waits: Notify,
 }
 
 impl Settlements {
@@ -46,6 +49,7 @@ impl Settlements {
             channel,
             window: Mutex::default(),
             wait_limit: AtomicUsize::new(wait_limit.max(1)),
+            ack_waits: Notify::new(),
         }
     }
 
@@ -63,8 +67,16 @@ impl Settlements {
             None if window.waiting() >= self.wait_limit.load(Ordering::Relaxed) => {
                 self.send_waiting(&mut window)
             }
-            None => Ok(()),
+            None => {
+                self.ack_waits.notify_one();
+                Ok(())
+            }
         }
+    }
+
+    /// Resolves once an ack waits (at once if one started waiting since the last call).
+    pub(super) async fn ack_waiting(&self) {
+        self.ack_waits.notified().await;
     }
 
     pub(super) fn nack(&self, tag: DeliveryTag, requeue: bool) -> Result<(), SettleError> {

@@ -25,7 +25,7 @@ use lapin::{
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
-    time::MissedTickBehavior,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -218,8 +218,10 @@ impl Consumer {
         link: &Arc<Link>,
     ) -> Ended {
         let mut depth_sample = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
-        let mut flush_waiting_acks = tokio::time::interval(WAITING_ACKS_FLUSH);
-        flush_waiting_acks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Armed only while an ack waits, so an idle consumer has no timer running.
+        let flush_waiting_acks = tokio::time::sleep(WAITING_ACKS_FLUSH);
+        tokio::pin!(flush_waiting_acks);
+        let mut flush_armed = false;
         loop {
             tokio::select! {
                 biased;
@@ -239,7 +241,12 @@ impl Consumer {
                         return Ended::LinkLost;
                     }
                 }
-                _ = flush_waiting_acks.tick() => {
+                _ = settlements.ack_waiting(), if !flush_armed => {
+                    flush_waiting_acks.as_mut().reset(Instant::now() + WAITING_ACKS_FLUSH);
+                    flush_armed = true;
+                }
+                _ = &mut flush_waiting_acks, if flush_armed => {
+                    flush_armed = false;
                     if let Err(error) = settlements.flush() {
                         tracing::warn!(%error, queue = %self.spec.queue, "waiting acks not sent; the broker delivers those events again");
                     }
