@@ -5,7 +5,6 @@
 //! RabbitMQ nor the embedded bus.
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
 use prometheus::IntGauge;
 use sha2::{Digest, Sha256};
 
@@ -20,14 +19,17 @@ pub enum SettleError {
     Unsupported(&'static str),
 }
 
-/// How one bus settles its deliveries.
+/// How one bus settles its deliveries. A settlement is handed to the bus, not waited for: one
+/// that never reaches the broker leaves the message unsettled, and the broker delivers it
+/// again, as it would after a settlement that failed. An error means it was refused at once
+/// (the channel is closed, or the bus cannot do it).
 pub trait Settle: Send + Sync {
     /// Done with it: the broker forgets it.
-    fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>>;
+    fn ack(&self) -> Result<(), SettleError>;
     /// Not done: the broker delivers it again (to this or another consumer).
-    fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>>;
+    fn requeue(&self) -> Result<(), SettleError>;
     /// Refused for good: the broker drops it (or dead-letters it, if the queue says so).
-    fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>>;
+    fn reject(&self) -> Result<(), SettleError>;
 }
 
 /// Settles one delivery.
@@ -38,16 +40,16 @@ impl DeliveryHandle {
         Self(Box::new(settle))
     }
 
-    pub async fn ack(&self) -> Result<(), SettleError> {
-        self.0.ack().await
+    pub fn ack(&self) -> Result<(), SettleError> {
+        self.0.ack()
     }
 
-    pub async fn requeue(&self) -> Result<(), SettleError> {
-        self.0.requeue().await
+    pub fn requeue(&self) -> Result<(), SettleError> {
+        self.0.requeue()
     }
 
-    pub async fn reject(&self) -> Result<(), SettleError> {
-        self.0.reject().await
+    pub fn reject(&self) -> Result<(), SettleError> {
+        self.0.reject()
     }
 }
 

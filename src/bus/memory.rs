@@ -9,8 +9,6 @@ use std::{
 
 use tokio::sync::broadcast;
 
-use futures_util::future::BoxFuture;
-
 use super::{
     delivery::{
         DeliveryHandle, Received, Settle, SettleError, SubscriptionProbe, SubscriptionSpec,
@@ -120,15 +118,15 @@ impl MemorySubscription {
 pub(crate) struct MemorySettle;
 
 impl Settle for MemorySettle {
-    fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(async { Ok(()) })
+    fn ack(&self) -> Result<(), SettleError> {
+        Ok(())
     }
 
-    fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(async { Err(SettleError::Unsupported("requeue")) })
+    fn requeue(&self) -> Result<(), SettleError> {
+        Err(SettleError::Unsupported("requeue"))
     }
 
-    fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(async { Ok(()) })
+    fn reject(&self) -> Result<(), SettleError> {
+        Ok(())
     }
 }

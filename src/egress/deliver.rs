@@ -35,7 +35,7 @@ impl Engine {
     pub(super) async fn deliver(self: Arc<Self>, received: Received, plan: Plan, mut turn: Turn) {
         tokio::select! {
             biased;
-            _ = self.shutdown.cancelled() => return self.requeue(&received, "shutting down").await,
+            _ = self.shutdown.cancelled() => return self.requeue(&received, "shutting down"),
             _ = turn.wait() => {}
         }
         let mut reports: Vec<PartReport> = Vec::new();
@@ -57,7 +57,7 @@ impl Engine {
                     if why != "shutting down" {
                         tokio::time::sleep(super::report::REQUEUE_PAUSE).await;
                     }
-                    return self.requeue(&received, why).await;
+                    return self.requeue(&received, why);
                 }
             }
         }

@@ -46,7 +46,7 @@ impl Engine {
             tracing::error!(correlation_id = %plan.correlation_id, %error, "sent, but the status event could not be published");
         }
         tracing::info!(correlation_id = %plan.correlation_id, connector, parts = reports.len(), attempts, "egress event sent");
-        self.ack(&received, "acked").await;
+        self.ack(&received, "acked");
     }
 
     /// A part failed for good (or ran out of attempts).
@@ -173,11 +173,11 @@ impl Engine {
             Err(error) => Err(error),
         };
         match recorded {
-            Ok(()) => self.ack(&received, "dead_lettered").await,
+            Ok(()) => self.ack(&received, "dead_lettered"),
             Err(error) => {
                 tracing::error!(%error, "dead letter not recorded; requeueing the event");
                 tokio::time::sleep(REQUEUE_PAUSE).await;
-                self.requeue(&received, "outcome not recorded").await;
+                self.requeue(&received, "outcome not recorded");
             }
         }
     }
@@ -224,24 +224,24 @@ impl Engine {
             .inc();
     }
 
-    async fn ack(&self, received: &Received, result: &str) {
+    fn ack(&self, received: &Received, result: &str) {
         self.metrics
             .egress_events
             .with_label_values(&[result])
             .inc();
-        if let Err(error) = received.handle.ack().await {
+        if let Err(error) = received.handle.ack() {
             // The broker will redeliver; the idempotency tokens make the resend harmless.
             tracing::warn!(%error, "ack failed; the event will be redelivered");
         }
     }
 
-    pub(super) async fn requeue(&self, received: &Received, why: &str) {
+    pub(super) fn requeue(&self, received: &Received, why: &str) {
         self.metrics
             .egress_events
             .with_label_values(&["requeued"])
             .inc();
         tracing::info!(why, "requeueing egress event");
-        if let Err(error) = received.handle.requeue().await {
+        if let Err(error) = received.handle.requeue() {
             tracing::warn!(%error, why, "egress event not requeued; the broker redelivers unacked events when the channel closes");
         }
     }

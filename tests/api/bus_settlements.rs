@@ -154,27 +154,27 @@ async fn acks_in_any_order_with_requeues_and_rejects_settle_each_delivery_once()
     for number in [2, 4, 3, 6, 8, 9, 5, 10, 7, 12, 11, 1] {
         let delivery = deliveries.remove(&number).unwrap();
         let settled = match number {
-            3 => delivery.handle.requeue().await,
-            7 => delivery.handle.reject().await,
-            _ => delivery.handle.ack().await,
+            3 => delivery.handle.requeue(),
+            7 => delivery.handle.reject(),
+            _ => delivery.handle.ack(),
         };
         settled.unwrap();
         // A second settlement of a delivery (waiting, or already on the wire) is not passed on:
         // the broker would refuse it and close the channel.
         if number == 4 || number == 1 {
-            delivery.handle.ack().await.unwrap();
+            delivery.handle.ack().unwrap();
         }
     }
 
     // Past the next flush of waiting acks, the channel is still open.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    held.handle.ack().await.unwrap();
+    held.handle.ack().unwrap();
 
     // The requeued one comes back, once; nothing else does.
     let again = fixture.receive(1).await;
     assert_eq!(again[0].0, 3);
     assert!(again[0].1.redelivered);
-    again[0].1.handle.ack().await.unwrap();
+    again[0].1.handle.ack().unwrap();
     fixture.assert_quiet().await;
     assert_eq!(fixture.ready_messages().await, 0);
     fixture.finish().await;
@@ -191,13 +191,7 @@ async fn acks_waiting_behind_a_delivery_in_progress_free_their_prefetch_places_s
     // The first delivery stays in progress; three acks wait behind it (fewer than would be sent
     // at once). The broker can only deliver the last three when those acks reached it.
     for number in [2, 3, 4] {
-        deliveries
-            .remove(&number)
-            .unwrap()
-            .handle
-            .ack()
-            .await
-            .unwrap();
+        deliveries.remove(&number).unwrap().handle.ack().unwrap();
     }
     let more = fixture.receive(3).await;
     let numbers: BTreeSet<u32> = more.iter().map(|(number, _)| *number).collect();
@@ -206,7 +200,7 @@ async fn acks_waiting_behind_a_delivery_in_progress_free_their_prefetch_places_s
 
     // The one in progress ends; everything is settled exactly once.
     for (_, delivery) in deliveries {
-        delivery.handle.ack().await.unwrap();
+        delivery.handle.ack().unwrap();
     }
     fixture.assert_quiet().await;
     assert_eq!(fixture.ready_messages().await, 0);
@@ -222,7 +216,7 @@ async fn after_stop_an_ack_behind_a_delivery_in_progress_is_not_held_back() {
     fixture.subscription.stop().await;
     // With the consumer stopped, the ack of 2 must go out although 1 is still in progress
     // (and stays so): closing the channel would otherwise return 2 to the queue with 1.
-    deliveries.remove(&2).unwrap().handle.ack().await.unwrap();
+    deliveries.remove(&2).unwrap().handle.ack().unwrap();
     let Fixture {
         url,
         settings,

@@ -16,7 +16,7 @@
 use std::{sync::Arc, time::Duration};
 
 use chrono::DateTime;
-use futures_util::{future::BoxFuture, StreamExt};
+use futures_util::StreamExt;
 use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions},
     types::{AMQPValue, DeliveryTag, FieldTable, ShortString},
@@ -332,26 +332,22 @@ struct AmqpSettle {
 }
 
 impl Settle for AmqpSettle {
-    fn ack(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(std::future::ready(self.settlements.ack(self.delivery_tag)))
+    fn ack(&self) -> Result<(), SettleError> {
+        self.settlements.ack(self.delivery_tag)
     }
 
-    fn requeue(&self) -> BoxFuture<'_, Result<(), SettleError>> {
+    fn requeue(&self) -> Result<(), SettleError> {
         if self
             .returned_on_close
             .as_ref()
             .is_some_and(CancellationToken::is_cancelled)
         {
-            return Box::pin(std::future::ready(Ok(())));
+            return Ok(());
         }
-        Box::pin(std::future::ready(
-            self.settlements.nack(self.delivery_tag, true),
-        ))
+        self.settlements.nack(self.delivery_tag, true)
     }
 
-    fn reject(&self) -> BoxFuture<'_, Result<(), SettleError>> {
-        Box::pin(std::future::ready(
-            self.settlements.nack(self.delivery_tag, false),
-        ))
+    fn reject(&self) -> Result<(), SettleError> {
+        self.settlements.nack(self.delivery_tag, false)
     }
 }
