@@ -187,8 +187,10 @@ impl AmqpBus {
     }
 }
 
-/// The AMQP properties and CloudEvents headers every published message carries.
-fn properties(message: &BusMessage) -> BasicProperties {
+/// The AMQP properties and CloudEvents headers every published message carries. Public so that
+/// the ingress benchmark's bare publisher sends what the service sends: the broker's work per
+/// message grows with them.
+pub fn properties(message: &BusMessage) -> BasicProperties {
     let mut headers = FieldTable::default();
     let mut header = |name: &str, value: &str| {
         headers.insert(ShortString::from(name), AMQPValue::LongString(value.into()));
