@@ -113,10 +113,9 @@ async fn main() {
         );
         ratios.push(service.rate / baseline.rate);
     }
-    ratios.sort_by(f64::total_cmp);
     println!(
         "ratio, median of {rounds}: {:.2} (target >= 0.70; connections target <= {prefetch} + a few)",
-        ratios[ratios.len() / 2]
+        support::median(&mut ratios)
     );
     let _ = connection.close(200, "done".into()).await;
 }

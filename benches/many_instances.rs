@@ -38,7 +38,9 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
     BasicProperties, Connection, ConnectionProperties,
 };
-use support::{amqp_url, env_or, free_port, load, signed_sms_requests, wait_ready, ProcessStats};
+use support::{
+    amqp_url, env_or, free_port, load, median, signed_sms_requests, wait_ready, ProcessStats,
+};
 
 #[path = "support/mod.rs"]
 mod support;
@@ -253,11 +255,6 @@ async fn egress_ratio(
         "ratio three to one: {:.2}, median of {rounds} (target >= 2.5)",
         median(&mut ratios)
     );
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// Webhooks per second through one instance, with the dedupe window on `redis` or in process.

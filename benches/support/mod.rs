@@ -117,6 +117,12 @@ pub fn machine() -> String {
     format!("{model}, {cores} cores, {memory_gb:.0} GB")
 }
 
+/// The middle value (the upper one of the two middle values of an even count).
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 /// Latency percentiles in milliseconds.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Percentiles {
