@@ -8,6 +8,7 @@ use std::fmt;
 
 use tracing::{
     field::{Field, Visit},
+    level_filters::LevelFilter,
     Event, Level, Metadata, Subscriber,
 };
 use tracing_log::NormalizeEvent;
@@ -43,6 +44,19 @@ impl<S> Filter<S> for WithoutHttpLayerErrors {
 /// Re-logs actix-http's refusals at INFO.
 pub struct DemotedHttpErrors;
 
+impl DemotedHttpErrors {
+    /// The layer behind its own filter, which lets only errors reach it. Without a filter a
+    /// layer counts as wanting every event, which lifts the process's maximum level to TRACE:
+    /// every `trace!` and `debug!` in every crate (lapin, actix, hyper) would then be built and
+    /// handed to the subscriber, whatever the log level, instead of stopping at one comparison.
+    pub fn layer<S>() -> impl Layer<S>
+    where
+        S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        DemotedHttpErrors.with_filter(LevelFilter::ERROR)
+    }
+}
+
 impl<S: Subscriber> Layer<S> for DemotedHttpErrors {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         if !is_http_layer_error(event) {
@@ -66,5 +80,32 @@ impl Visit for Message {
         if field.name() == "message" {
             self.0 = format!("{value:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Layered as `telemetry::init` layers the JSON log output, at `info`. (That a refusal is
+    /// re-logged is tested on the binary, in `tests/api/hardening.rs`: an event logged from
+    /// inside another reaches only a global subscriber, not a scoped test one.)
+    #[test]
+    fn the_demoting_layer_leaves_the_maximum_level_to_the_log_filter() {
+        let subscriber = tracing_subscriber::registry()
+            .with(super::super::trace_id_layer())
+            .with(
+                super::super::cloud_logging::json_layer(std::io::sink, None)
+                    .with_filter(WithoutHttpLayerErrors)
+                    .with_filter(super::super::filter("info")),
+            )
+            .with(DemotedHttpErrors::layer());
+        assert_eq!(
+            subscriber.max_level_hint(),
+            Some(LevelFilter::INFO),
+            "debug and trace events of every crate stop at the level check"
+        );
     }
 }
