@@ -12,17 +12,18 @@
 //!
 //! For each: messages per second (first to last create at the endpoint), CPU microseconds per
 //! message and peak RSS of the consuming process, the local broker's CPU microseconds per
-//! message over the same span (when RabbitMQ runs on this machine), TCP connections opened, duplicates (creates
-//! with an idempotency token seen before). Prints the ratio (target ≥ 0.70) and whether the
-//! connections opened stay within the sends in flight plus a few.
+//! message over the same span (when RabbitMQ runs on this machine), TCP connections opened,
+//! duplicates (creates with an idempotency token seen before). Prints the ratio (target ≥ 0.70)
+//! and whether the connections opened stay within the sends in flight plus a few.
 //!
 //! Run: `cargo bench --bench egress_throughput` (needs RabbitMQ at `AMQP_URL`, default
 //! 127.0.0.1:5672). Environment: `BENCH_EVENTS` (20000), `BENCH_PREFETCH` (32),
 //! `BENCH_STATE_PARENT` (where the service's `OUTBOX_DIR`, and with it the send ledger, goes;
 //! the system's temporary directory by default, `/dev/shm` for a memory file system as on
 //! Cloud Run), `BENCH_ROUNDS` (3: baseline and service are measured that many times, back to
-//! back, and the median ratio is printed), `BENCH_SERVICE_ENV` (extra `NAME=value` pairs, separated
-//! by spaces, for the service's process only, to try a setting without touching the baseline).
+//! back, and the median ratio is printed), `BENCH_SERVICE_ENV` (extra `NAME=value` pairs,
+//! separated by spaces, for the service's process only, to try a setting without touching the
+//! baseline).
 
 use std::{
     collections::HashSet,

@@ -19,8 +19,9 @@
 //!    connections (the HTTP ceiling of this machine).
 //!
 //! Prints the ratios: throughput at least 0.70 of the baseline, p99 at most 2× the baseline's
-//! p99 confirm latency; and the throughput ratio against the message-id-only publisher. Also the binary's size (stripped, as the release profile builds it) and
-//! the time from exec to `/readyz` 200.
+//! p99 confirm latency; and the throughput ratio against the message-id-only publisher. Also
+//! the binary's size (stripped, as the release profile builds it) and the time from exec to
+//! `/readyz` 200.
 //!
 //! Run: `cargo bench --bench ingress_throughput` (needs `wrk` on the PATH and RabbitMQ at
 //! `AMQP_URL`, default 127.0.0.1:5672). Environment: `BENCH_SECONDS` (default 10),
@@ -489,8 +490,7 @@ fn message_properties(properties: Properties, i: u64) -> BasicProperties {
             message_id,
             correlation_id: uuid::Uuid::new_v4().to_string(),
             kind: ingress_egress::envelope::CHAT_MESSAGE_V1.into(),
-            // As the Twilio connector names itself.
-            source: "ingress.twilio".into(),
+            source: ingress_egress::connectors::twilio::INGRESS_SOURCE.into(),
             timestamp: chrono::Utc::now(),
             trace_parent: Some(format!("00-{:032x}-{:016x}-01", u128::from(i) + 1, i + 1)),
             body: String::new(),

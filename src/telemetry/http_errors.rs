@@ -1,6 +1,6 @@
 //! Requests the HTTP layer refuses itself (a garbage request line, a bad `Content-Length`,
 //! headers over the limit: actix-http answers 400 or 431 before any of our code runs) are the
-//! client's mistake, yet actix-http logs them at ERROR. [`DemotedHttpErrors`] re-logs each at
+//! client's mistake, yet actix-http logs them at ERROR. [`demoted_http_errors`] re-logs each at
 //! INFO under `ingress_egress::http`, and [`WithoutHttpLayerErrors`] keeps the originals out
 //! of the log, so ERROR stays for what an operator must act on.
 
@@ -41,21 +41,20 @@ impl<S> Filter<S> for WithoutHttpLayerErrors {
     }
 }
 
-/// Re-logs actix-http's refusals at INFO.
-pub struct DemotedHttpErrors;
-
-impl DemotedHttpErrors {
-    /// The layer behind its own filter, which lets only errors reach it. Without a filter a
-    /// layer counts as wanting every event, which lifts the process's maximum level to TRACE:
-    /// every `trace!` and `debug!` in every crate (lapin, actix, hyper) would then be built and
-    /// handed to the subscriber, whatever the log level, instead of stopping at one comparison.
-    pub fn layer<S>() -> impl Layer<S>
-    where
-        S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    {
-        DemotedHttpErrors.with_filter(LevelFilter::ERROR)
-    }
+/// The layer that re-logs actix-http's refusals at INFO, behind a filter of its own that lets
+/// only errors reach it. The filter is part of the layer on purpose: without one a layer counts
+/// as wanting every event, which lifts the process's maximum level to TRACE, and every `trace!`
+/// and `debug!` in every crate (lapin, actix, hyper) is then built and handed to the subscriber,
+/// whatever the log level, instead of stopping at one comparison.
+pub fn demoted_http_errors<S>() -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    DemotedHttpErrors.with_filter(LevelFilter::ERROR)
 }
+
+/// Re-logs actix-http's refusals; only through [`demoted_http_errors`].
+struct DemotedHttpErrors;
 
 impl<S: Subscriber> Layer<S> for DemotedHttpErrors {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
@@ -101,7 +100,7 @@ mod tests {
                     .with_filter(WithoutHttpLayerErrors)
                     .with_filter(super::super::filter("info")),
             )
-            .with(DemotedHttpErrors::layer());
+            .with(demoted_http_errors());
         assert_eq!(
             subscriber.max_level_hint(),
             Some(LevelFilter::INFO),

@@ -97,7 +97,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
                     .with_filter(filter),
             )
             // Last: it logs from inside another event, which must be through every layer first.
-            .with(http_errors::DemotedHttpErrors::layer())
+            .with(http_errors::demoted_http_errors())
             .try_init(),
         LogFormat::Pretty => {
             use std::io::IsTerminal;
@@ -108,7 +108,7 @@ pub fn init(settings: &TelemetrySettings) -> Result<TelemetryGuard, TelemetryErr
                         .with_filter(http_errors::WithoutHttpLayerErrors)
                         .with_filter(filter),
                 )
-                .with(http_errors::DemotedHttpErrors::layer())
+                .with(http_errors::demoted_http_errors())
                 .try_init()
         }
     };

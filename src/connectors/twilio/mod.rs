@@ -24,6 +24,8 @@ pub mod opt_out;
 pub mod prerequisites;
 pub mod rest;
 pub(crate) mod shared;
+
+pub use shared::INGRESS_SOURCE;
 pub mod signing;
 pub mod simulate;
 #[cfg(feature = "websocket")]
