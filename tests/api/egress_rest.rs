@@ -19,6 +19,11 @@ const CONVERSATION: &str = "CH0123456789abcdef0123456789abcdef";
 const API_KEY: &str = "SK0123456789abcdef0123456789abcdef";
 
 fn rest(fake: &FakeTwilio, extra: &[(&str, &str)]) -> TwilioRest {
+    rest_at(&fake.base_url, extra)
+}
+
+/// The client with both Twilio base URLs pointing at `base_url`.
+fn rest_at(base_url: &str, extra: &[(&str, &str)]) -> TwilioRest {
     let tokens = fixture_tokens();
     let mut vars = vec![
         ("TWILIO_ACCOUNT_SID".to_owned(), tokens.account_sid.clone()),
@@ -26,10 +31,10 @@ fn rest(fake: &FakeTwilio, extra: &[(&str, &str)]) -> TwilioRest {
             "TWILIO_AUTH_TOKEN".to_owned(),
             tokens.primary_auth_token.clone(),
         ),
-        ("TWILIO_API_BASE_URL".to_owned(), fake.base_url.clone()),
+        ("TWILIO_API_BASE_URL".to_owned(), base_url.to_owned()),
         (
             "TWILIO_CONVERSATIONS_BASE_URL".to_owned(),
-            fake.base_url.clone(),
+            base_url.to_owned(),
         ),
     ];
     vars.extend(
@@ -164,4 +169,55 @@ async fn twilio_errors_keep_code_status_and_retry_after() {
     assert!(!invalid.is_retryable());
     assert!(send().await.is_ok());
     fake.assert_no_violations();
+}
+
+/// A base URL that redirects (http:// where a proxy wants https://, a login page): a 307 or 308
+/// followed would create the message a second time, a 301 or 302 would turn the create into a
+/// GET whose list answer looks like a success. The answer is reported as it came, a permanent
+/// failure that names where it pointed (without the query), and nothing is sent twice.
+#[tokio::test]
+async fn a_redirect_is_reported_not_followed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 16 * 1024];
+                // One request per connection; its head and small form fit in one read.
+                if socket.read(&mut buffer).await.unwrap_or(0) > 0 {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let answer = "HTTP/1.1 307 Temporary Redirect\r\n\
+                                  Location: /moved/Messages.json?To=%2B14155550100\r\n\
+                                  Content-Length: 0\r\nConnection: close\r\n\r\n";
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let client = rest_at(&base_url, &[]);
+    let error = client
+        .create_message(&NewMessage {
+            to: "+14155550100",
+            sender: &MessageSender::From("+15005550006".into()),
+            body: Some("hi"),
+            media_urls: &[],
+            status_callback: None,
+            idempotency_token: "token-redirect",
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.http_status(), Some(307), "{error}");
+    assert!(!error.is_retryable() && !error.is_ambiguous(), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("redirected to {base_url}/moved/Messages.json")),
+        "{message}"
+    );
+    assert!(!message.contains("4155550100"), "{message}");
+    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
 }

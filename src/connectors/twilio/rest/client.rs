@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderValue, AUTHORIZATION};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use tracing::Instrument;
@@ -40,8 +41,9 @@ pub struct TwilioRest {
     /// `IS…`: scopes Conversations calls to this Conversation Service.
     pub(super) chat_service_sid: Option<String>,
     pub(super) account_sid: Option<String>,
-    username: Option<String>,
-    password: SecretString,
+    /// `Basic …` of the REST credentials, encoded once; marked sensitive, so it is never printed
+    /// (`None` without an account SID or API key).
+    authorization: Option<HeaderValue>,
 }
 
 impl std::fmt::Debug for TwilioRest {
@@ -70,6 +72,11 @@ impl TwilioRest {
             // Over HTTP/2, when Twilio offers it, the sends share one connection.
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(usize::MAX)
+            // Twilio's API does not redirect. A redirect means a wrong base URL (http:// for
+            // https://, a proxy's login page), and following it would re-send a create (307/308)
+            // or turn it into a GET whose list answer looks like a success (301/302): the answer
+            // is reported as it came instead.
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("ingress-egress/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("static HTTP client configuration is valid");
@@ -84,9 +91,14 @@ impl TwilioRest {
             mcs_base_url: settings.mcs_base_url.clone(),
             chat_service_sid: settings.chat_service_sid.clone(),
             account_sid: settings.account_sid.clone(),
-            username,
-            password,
+            authorization: username.map(|username| basic_authorization(&username, &password)),
         }
+    }
+
+    fn authorization(&self) -> Result<&HeaderValue, RestError> {
+        self.authorization.as_ref().ok_or(RestError::NotConfigured(
+            "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
+        ))
     }
 
     pub(super) async fn get_json(
@@ -94,14 +106,12 @@ impl TwilioRest {
         url: Url,
         query: &[(&str, &str)],
     ) -> Result<Value, RestError> {
-        let username = self.username.as_deref().ok_or(RestError::NotConfigured(
-            "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
-        ))?;
+        let authorization = self.authorization()?;
         let span = request_span("GET", &url);
         let request = self
             .http
             .get(url)
-            .basic_auth(username, Some(self.password.expose_secret()))
+            .header(AUTHORIZATION, authorization)
             .header(reqwest::header::ACCEPT, "application/json")
             .query(query);
         read_response(request).instrument(span).await
@@ -113,14 +123,12 @@ impl TwilioRest {
         form: &[(&str, &str)],
         idempotency_token: Option<&str>,
     ) -> Result<Value, RestError> {
-        let username = self.username.as_deref().ok_or(RestError::NotConfigured(
-            "TWILIO_ACCOUNT_SID (or TWILIO_API_KEY) is not set",
-        ))?;
+        let authorization = self.authorization()?;
         let span = request_span("POST", &url);
         let mut request = self
             .http
             .post(url)
-            .basic_auth(username, Some(self.password.expose_secret()))
+            .header(AUTHORIZATION, authorization)
             .header(reqwest::header::ACCEPT, "application/json")
             .form(form);
         if let Some(token) = idempotency_token {
@@ -128,6 +136,17 @@ impl TwilioRest {
         }
         read_response(request).instrument(span).await
     }
+}
+
+/// The `Authorization` value of HTTP Basic authentication, marked sensitive.
+fn basic_authorization(username: &str, password: &SecretString) -> HeaderValue {
+    use base64::Engine as _;
+    let credentials = base64::engine::general_purpose::STANDARD
+        .encode(format!("{username}:{}", password.expose_secret()));
+    let mut value = HeaderValue::try_from(format!("Basic {credentials}"))
+        .expect("base64 is a valid header value");
+    value.set_sensitive(true);
+    value
 }
 
 /// The client span of one REST request. The path names only SIDs; the query (which can hold
@@ -163,6 +182,19 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Value, RestError> {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
+    if status.is_redirection() {
+        let to = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|location| response.url().join(location).ok());
+        return Err(RestError::Http {
+            status: status.as_u16(),
+            code: None,
+            message: redirect_message(to.as_ref()),
+            retry_after: None,
+        });
+    }
     let text = response.text().await.map_err(|e| network_error(&e))?;
     let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
     if status.is_success() {
@@ -184,6 +216,24 @@ async fn send(request: reqwest::RequestBuilder) -> Result<Value, RestError> {
         message,
         retry_after,
     })
+}
+
+/// What a redirect answer says: where it pointed (scheme, host, port and path; not the query,
+/// which can hold phone numbers, nor credentials) and what to check.
+fn redirect_message(to: Option<&Url>) -> String {
+    let target = to.map_or("an unreadable location".to_owned(), |url| {
+        let port = url
+            .port()
+            .map(|port| format!(":{port}"))
+            .unwrap_or_default();
+        format!(
+            "{}://{}{port}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.path()
+        )
+    });
+    format!("redirected to {target}, not followed; check the configured Twilio base URL")
 }
 
 /// A deterministic idempotency token for a logical request identified by `key`.
@@ -274,6 +324,15 @@ fn network_error(error: &reqwest::Error) -> RestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn basic_authorization_is_rfc_7617_and_sensitive() {
+        // RFC 7617's own example.
+        let value = basic_authorization("Aladdin", &SecretString::from("open sesame"));
+        assert_eq!(value, "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert!(value.is_sensitive());
+        assert_eq!(format!("{value:?}"), "Sensitive");
+    }
 
     #[test]
     fn retry_after_seconds_and_dates() {
