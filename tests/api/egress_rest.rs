@@ -1,6 +1,11 @@
 //! The Twilio REST client against the fake Twilio (no broker needed): Basic auth with the API
 //! key when configured, add-participant idempotence (409 / 50433 is success), error mapping.
 
+use std::sync::{
+    atomic::{AtomicUsize, Ordering},
+    Arc,
+};
+
 use ingress_egress::{
     configuration::Settings,
     connectors::twilio::config::TwilioSettings,
@@ -8,6 +13,8 @@ use ingress_egress::{
         MessageSender, NewConversationMessage, NewMessage, ParticipantAdded, RestError, TwilioRest,
     },
 };
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{
     egress_support::fake_twilio,
@@ -171,17 +178,12 @@ async fn twilio_errors_keep_code_status_and_retry_after() {
     fake.assert_no_violations();
 }
 
-/// A base URL that redirects (http:// where a proxy wants https://, a login page): a 307 or 308
-/// followed would create the message a second time, a 301 or 302 would turn the create into a
-/// GET whose list answer looks like a success. The answer is reported as it came, a permanent
-/// failure that names where it pointed (without the query), and nothing is sent twice.
-#[tokio::test]
-async fn a_redirect_is_reported_not_followed() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
+/// A server at a wrong base URL (a proxy, a login page) that answers every request with
+/// `answer`; its base URL and how many requests it got.
+async fn answering(answer: &'static str) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base_url = format!("http://{}", listener.local_addr().unwrap());
-    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let requests = Arc::new(AtomicUsize::new(0));
     let counted = requests.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
@@ -190,25 +192,43 @@ async fn a_redirect_is_reported_not_followed() {
                 let mut buffer = vec![0; 16 * 1024];
                 // One request per connection; its head and small form fit in one read.
                 if socket.read(&mut buffer).await.unwrap_or(0) > 0 {
-                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let answer = "HTTP/1.1 307 Temporary Redirect\r\n\
-                                  Location: /moved/Messages.json?To=%2B14155550100\r\n\
-                                  Content-Length: 0\r\nConnection: close\r\n\r\n";
+                    counted.fetch_add(1, Ordering::SeqCst);
                     let _ = socket.write_all(answer.as_bytes()).await;
                 }
             });
         }
     });
+    (base_url, requests)
+}
+
+/// A one-part SMS from a phone number, with idempotency token `token`.
+fn new_message<'a>(token: &'a str, sender: &'a MessageSender) -> NewMessage<'a> {
+    NewMessage {
+        to: "+14155550100",
+        sender,
+        body: Some("hi"),
+        media_urls: &[],
+        status_callback: None,
+        idempotency_token: token,
+    }
+}
+
+/// A base URL that redirects (http:// where a proxy wants https://, a login page): a 307 or 308
+/// followed would create the message a second time, a 301 or 302 would turn the create into a
+/// GET whose list answer looks like a success. The answer is reported as it came, a permanent
+/// failure that names where it pointed (without the query), and nothing is sent twice.
+#[tokio::test]
+async fn a_redirect_is_reported_not_followed() {
+    let (base_url, requests) = answering(
+        "HTTP/1.1 307 Temporary Redirect\r\n\
+         Location: /moved/Messages.json?To=%2B14155550100\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     let client = rest_at(&base_url, &[]);
+    let sender = MessageSender::From("+15005550006".into());
     let error = client
-        .create_message(&NewMessage {
-            to: "+14155550100",
-            sender: &MessageSender::From("+15005550006".into()),
-            body: Some("hi"),
-            media_urls: &[],
-            status_callback: None,
-            idempotency_token: "token-redirect",
-        })
+        .create_message(&new_message("token-redirect", &sender))
         .await
         .unwrap_err();
     assert_eq!(error.http_status(), Some(307), "{error}");
@@ -219,5 +239,29 @@ async fn a_redirect_is_reported_not_followed() {
         "{message}"
     );
     assert!(!message.contains("4155550100"), "{message}");
-    assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}
+
+/// A 2xx answer that is not a Message resource (a proxy's page) does not say whether the
+/// message was created: it must not count as sent (nor as refused), but as an answer that
+/// could not be read, which the engine resolves before sending again.
+#[tokio::test]
+async fn a_success_without_a_sid_is_not_taken_for_a_send() {
+    let (base_url, requests) = answering(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 22\r\n\
+         Connection: close\r\n\r\n<html>Sign in</html>\r\n",
+    )
+    .await;
+    let client = rest_at(&base_url, &[]);
+    let sender = MessageSender::From("+15005550006".into());
+    let error = client
+        .create_message(&new_message("token-no-sid", &sender))
+        .await
+        .unwrap_err();
+    assert!(error.is_ambiguous() && error.is_retryable(), "{error}");
+    assert!(
+        error.to_string().contains("without a resource SID"),
+        "{error}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
 }

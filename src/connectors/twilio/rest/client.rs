@@ -272,13 +272,17 @@ pub(super) fn join(base: &Url, segments: &[&str]) -> Url {
     url
 }
 
-pub(super) fn created(json: &Value) -> Created {
-    Created {
-        sid: json
-            .get("sid")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
+/// The resource a create answered with. An answer without a SID (a proxy's page answered 200,
+/// a body cut short) does not say whether the message exists: it is an answer we could not
+/// read, resolved like a timeout before anything is sent again, never recorded as sent.
+pub(super) fn created(json: &Value) -> Result<Created, RestError> {
+    let sid = json
+        .get("sid")
+        .and_then(Value::as_str)
+        .filter(|sid| !sid.is_empty())
+        .ok_or_else(|| RestError::NoAnswer("a success answer without a resource SID".to_owned()))?;
+    Ok(Created {
+        sid: sid.to_owned(),
         status: json
             .get("status")
             .and_then(Value::as_str)
@@ -288,7 +292,7 @@ pub(super) fn created(json: &Value) -> Created {
                 .or_else(|| n.as_str().and_then(|s| s.parse().ok()))
                 .and_then(|n| u32::try_from(n).ok())
         }),
-    }
+    })
 }
 
 /// A network error without the URL (which could carry a path-embedded secret in some setups).

@@ -57,7 +57,7 @@ impl TwilioRest {
         let json = self
             .post_form(url, &form, Some(message.idempotency_token))
             .await?;
-        Ok(created(&json))
+        created(&json)
     }
 
     /// The conversation's newest messages, newest first (one page of `page_size`).

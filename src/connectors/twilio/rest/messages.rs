@@ -62,7 +62,7 @@ impl TwilioRest {
         let json = self
             .post_form(url, &form, Some(message.idempotency_token))
             .await?;
-        Ok(created(&json))
+        created(&json)
     }
 
     /// Looks for a message Twilio already created for `message` by an attempt at or after
@@ -91,7 +91,7 @@ impl TwilioRest {
             .into_iter()
             .flatten()
             .find(|listed| is_same_message(listed, message, since));
-        Ok(found.map(created).filter(|c| !c.sid.is_empty()))
+        Ok(found.and_then(|listed| created(listed).ok()))
     }
 }
 
