@@ -260,7 +260,9 @@ async fn a_success_without_a_sid_is_not_taken_for_a_send() {
         .unwrap_err();
     assert!(error.is_ambiguous() && error.is_retryable(), "{error}");
     assert!(
-        error.to_string().contains("without a resource SID"),
+        error
+            .to_string()
+            .contains("the 2xx answer carried no resource SID"),
         "{error}"
     );
     assert_eq!(requests.load(Ordering::SeqCst), 1);

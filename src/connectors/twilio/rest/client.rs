@@ -280,7 +280,7 @@ pub(super) fn created(json: &Value) -> Result<Created, RestError> {
         .get("sid")
         .and_then(Value::as_str)
         .filter(|sid| !sid.is_empty())
-        .ok_or_else(|| RestError::NoAnswer("a success answer without a resource SID".to_owned()))?;
+        .ok_or_else(|| RestError::NoAnswer("the 2xx answer carried no resource SID".to_owned()))?;
     Ok(Created {
         sid: sid.to_owned(),
         status: json
