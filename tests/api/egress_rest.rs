@@ -10,7 +10,8 @@ use ingress_egress::{
     configuration::Settings,
     connectors::twilio::config::TwilioSettings,
     connectors::twilio::rest::{
-        MessageSender, NewConversationMessage, NewMessage, ParticipantAdded, RestError, TwilioRest,
+        Created, MessageSender, NewConversationMessage, NewMessage, ParticipantAdded, RestError,
+        TwilioRest,
     },
 };
 
@@ -146,18 +147,7 @@ async fn twilio_errors_keep_code_status_and_retry_after() {
             message: "The 'To' number is not a valid phone number.".into(),
         },
     );
-    let send = || async {
-        client
-            .create_message(&NewMessage {
-                to: "+14155550100",
-                sender: &MessageSender::From("+15005550006".into()),
-                body: Some("hi"),
-                media_urls: &[],
-                status_callback: None,
-                idempotency_token: "token-3",
-            })
-            .await
-    };
+    let send = || create_sms(&client, "token-3");
     let limited = send().await.unwrap_err();
     assert!(limited.is_retryable());
     assert_eq!(
@@ -201,16 +191,25 @@ async fn answering(answer: &'static str) -> (String, Arc<AtomicUsize>) {
     (base_url, requests)
 }
 
-/// A one-part SMS from a phone number, with idempotency token `token`.
-fn new_message<'a>(token: &'a str, sender: &'a MessageSender) -> NewMessage<'a> {
-    NewMessage {
-        to: "+14155550100",
-        sender,
-        body: Some("hi"),
-        media_urls: &[],
-        status_callback: None,
-        idempotency_token: token,
-    }
+/// Creates a one-part SMS with idempotency token `token`.
+async fn create_sms(client: &TwilioRest, token: &str) -> Result<Created, RestError> {
+    client
+        .create_message(&NewMessage {
+            to: "+14155550100",
+            sender: &MessageSender::From("+15005550006".into()),
+            body: Some("hi"),
+            media_urls: &[],
+            status_callback: None,
+            idempotency_token: token,
+        })
+        .await
+}
+
+/// Creates a one-part SMS through the client at `base_url`, expecting the create to fail.
+async fn failed_create(base_url: &str) -> RestError {
+    create_sms(&rest_at(base_url, &[]), "token-1")
+        .await
+        .expect_err("the create fails")
 }
 
 /// A base URL that redirects (http:// where a proxy wants https://, a login page): a 307 or 308
@@ -225,12 +224,7 @@ async fn a_redirect_is_reported_not_followed() {
          Content-Length: 0\r\nConnection: close\r\n\r\n",
     )
     .await;
-    let client = rest_at(&base_url, &[]);
-    let sender = MessageSender::From("+15005550006".into());
-    let error = client
-        .create_message(&new_message("token-redirect", &sender))
-        .await
-        .unwrap_err();
+    let error = failed_create(&base_url).await;
     assert_eq!(error.http_status(), Some(307), "{error}");
     assert!(!error.is_retryable() && !error.is_ambiguous(), "{error}");
     let message = error.to_string();
@@ -252,12 +246,7 @@ async fn a_success_without_a_sid_is_not_taken_for_a_send() {
          Connection: close\r\n\r\n<html>Sign in</html>\r\n",
     )
     .await;
-    let client = rest_at(&base_url, &[]);
-    let sender = MessageSender::From("+15005550006".into());
-    let error = client
-        .create_message(&new_message("token-no-sid", &sender))
-        .await
-        .unwrap_err();
+    let error = failed_create(&base_url).await;
     assert!(error.is_ambiguous() && error.is_retryable(), "{error}");
     assert!(
         error
