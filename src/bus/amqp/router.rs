@@ -22,8 +22,8 @@ use futures_util::StreamExt;
 use lapin::{
     message::Delivery,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-        ConfirmSelectOptions, QueueDeclareOptions,
+        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
     },
     types::{FieldTable, ShortString},
     Channel,
@@ -31,7 +31,7 @@ use lapin::{
 use tokio::{sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::{topology::declare_queue, AmqpBus, Link};
+use super::{settlements::Settlements, topology::declare_queue, AmqpBus, Link};
 use crate::{
     backoff::Backoff,
     bus::delivery::{SubscriptionProbe, SubscriptionSpec},
@@ -130,6 +130,10 @@ impl Router {
             Ok::<_, lapin::Error>((consuming, publishing, consumer))
         };
         let (consuming, publishing, mut consumer) = open.await.map_err(|e| e.to_string())?;
+        let settlements = Arc::new(Settlements::new(
+            consuming.clone(),
+            usize::from(self.input.prefetch) / 4,
+        ));
         self.probe.consuming.set(true);
         tracing::info!(queue = %self.input.queue, partitions = self.partitions.len(), "routing egress events into partitions");
 
@@ -140,19 +144,23 @@ impl Router {
             lanes.push(lane);
             let channel = publishing.clone();
             let queue = spec.queue.clone();
+            let settlements = settlements.clone();
             workers.spawn(async move {
                 while let Some(delivery) = queued.recv().await {
-                    forward(&channel, &queue, delivery).await?;
+                    forward(&channel, &queue, delivery, &settlements).await?;
                 }
-                Ok::<_, lapin::Error>(())
+                Ok::<_, String>(())
             });
         }
 
         let mut depth = tokio::time::interval(DEPTH_INTERVAL);
+        let flushing = settlements.flush_waiting(&self.input.queue);
+        tokio::pin!(flushing);
         let ended = loop {
             tokio::select! {
                 biased;
                 _ = stop.cancelled() => break Ended::Stopped,
+                () = &mut flushing => {}
                 Some(worker) = workers.join_next() => {
                     if let Ok(Err(error)) = worker {
                         tracing::warn!(%error, "egress router cannot copy into a partition");
@@ -194,6 +202,7 @@ impl Router {
             .await;
         }
         workers.abort_all();
+        let _ = settlements.stop_waiting();
         let _ = consuming.close(200, "router stopped".into()).await;
         let _ = publishing.close(200, "router stopped".into()).await;
         Ok(ended)
@@ -201,8 +210,15 @@ impl Router {
 }
 
 /// Copies `delivery` into `queue` until the broker confirms it there, then acknowledges the
-/// original. Fails only when the channel does (the original then returns to the shared queue).
-async fn forward(channel: &Channel, queue: &str, delivery: Delivery) -> Result<(), lapin::Error> {
+/// original through the consuming channel's `settlements` (queued, not waited for, and
+/// coalesced with the other partitions' acks). Fails only when a channel does (the original
+/// then returns to the shared queue).
+async fn forward(
+    channel: &Channel,
+    queue: &str,
+    delivery: Delivery,
+    settlements: &Settlements,
+) -> Result<(), String> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         let confirmation = channel
@@ -216,16 +232,16 @@ async fn forward(channel: &Channel, queue: &str, delivery: Delivery) -> Result<(
                 &delivery.data,
                 delivery.properties.clone(),
             )
-            .await?
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
         // Acked and not returned as unroutable: the partition queue holds it.
         let held = confirmation.is_ack() && confirmation.take_message().is_none();
         if held {
-            return delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map(|_| ());
+            return settlements
+                .ack(delivery.delivery_tag)
+                .map_err(|e| e.to_string());
         }
         let delay = backoff.next_delay();
         tracing::warn!(

@@ -4,9 +4,10 @@
 //! settled goes out at once, as one `basic.ack` with `multiple` set that also covers the acks
 //! that were waiting behind it. An ack that comes while an earlier delivery is still being
 //! worked on waits for it, but not for long: once [`Settlements::new`]'s `wait_limit` acks wait,
-//! or at [`Settlements::flush`] (the consumer calls it shortly after an ack starts waiting, and
-//! when it stops), the waiting acks go out one by one. Nacks (requeue, reject) go out at once and count
-//! as settled for the acks behind them.
+//! or [`WAITING_ACKS_FLUSH`] after an ack started waiting ([`Settlements::flush_waiting`]), or
+//! when the consumer stops, the waiting acks go out one by one. Nacks (requeue, reject) go out at
+//! once and count as settled for the acks behind them. The egress consumers
+//! ([`super::subscription`]) and the partition router ([`super::router`]) settle this way.
 //!
 //! Why: for a quorum queue every ack frame is an entry in the queue's log; fewer frames cost the
 //! broker less CPU per message (README "Performance"). Frames are queued for lapin's I/O thread
@@ -20,6 +21,7 @@ use std::{
         atomic::{AtomicUsize, Ordering},
         Mutex,
     },
+    time::Duration,
 };
 
 use futures_util::FutureExt;
@@ -31,6 +33,10 @@ use lapin::{
 use tokio::sync::Notify;
 
 use crate::bus::delivery::SettleError;
+
+/// How long an ack may wait behind an earlier delivery still in progress before it is sent
+/// alone; a waiting ack holds its place in the prefetch window.
+pub(super) const WAITING_ACKS_FLUSH: Duration = Duration::from_millis(50);
 
 /// The settlements of one consumer channel.
 pub(super) struct Settlements {
@@ -74,9 +80,17 @@ impl Settlements {
         }
     }
 
-    /// Resolves once an ack waits (at once if one started waiting since the last call).
-    pub(super) async fn ack_waiting(&self) {
-        self.ack_waits.notified().await;
+    /// Sends the waiting acks alone [`WAITING_ACKS_FLUSH`] after one starts waiting, for as
+    /// long as it is polled: the consumer polls it beside its loop (it never ends by itself), so
+    /// an idle consumer has no timer running. `queue` names the consumer's queue in warnings.
+    pub(super) async fn flush_waiting(&self, queue: &str) {
+        loop {
+            self.ack_waits.notified().await;
+            tokio::time::sleep(WAITING_ACKS_FLUSH).await;
+            if let Err(error) = self.flush() {
+                tracing::warn!(%error, queue, "waiting acks not sent; the broker delivers those messages again");
+            }
+        }
     }
 
     pub(super) fn nack(&self, tag: DeliveryTag, requeue: bool) -> Result<(), SettleError> {

@@ -25,7 +25,6 @@ use lapin::{
 use tokio::{
     sync::{mpsc, watch},
     task::JoinHandle,
-    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -45,10 +44,6 @@ use crate::{
 /// How often the queue's depth (and consumer count) is sampled for the metric, the debug
 /// snapshot and the balancing of egress partitions.
 const QUEUE_DEPTH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// How long an ack may wait behind an earlier delivery still in progress before it is sent
-/// alone ([`Settlements`]); a waiting ack holds its place in the prefetch window.
-const WAITING_ACKS_FLUSH: Duration = Duration::from_millis(50);
 
 pub struct AmqpSubscription {
     deliveries: mpsc::Receiver<Received>,
@@ -218,10 +213,8 @@ impl Consumer {
         link: &Arc<Link>,
     ) -> Ended {
         let mut depth_sample = tokio::time::interval(QUEUE_DEPTH_INTERVAL);
-        // Armed only while an ack waits, so an idle consumer has no timer running.
-        let flush_waiting_acks = tokio::time::sleep(WAITING_ACKS_FLUSH);
-        tokio::pin!(flush_waiting_acks);
-        let mut flush_armed = false;
+        let flushing = settlements.flush_waiting(&self.spec.queue);
+        tokio::pin!(flushing);
         loop {
             tokio::select! {
                 biased;
@@ -241,16 +234,7 @@ impl Consumer {
                         return Ended::LinkLost;
                     }
                 }
-                _ = settlements.ack_waiting(), if !flush_armed => {
-                    flush_waiting_acks.as_mut().reset(Instant::now() + WAITING_ACKS_FLUSH);
-                    flush_armed = true;
-                }
-                _ = &mut flush_waiting_acks, if flush_armed => {
-                    flush_armed = false;
-                    if let Err(error) = settlements.flush() {
-                        tracing::warn!(%error, queue = %self.spec.queue, "waiting acks not sent; the broker delivers those events again");
-                    }
-                }
+                () = &mut flushing => {}
                 _ = depth_sample.tick() => {
                     // A passive declare only reads the queue's counters.
                     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
