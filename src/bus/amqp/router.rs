@@ -130,10 +130,7 @@ impl Router {
             Ok::<_, lapin::Error>((consuming, publishing, consumer))
         };
         let (consuming, publishing, mut consumer) = open.await.map_err(|e| e.to_string())?;
-        let settlements = Arc::new(Settlements::new(
-            consuming.clone(),
-            usize::from(self.input.prefetch) / 4,
-        ));
+        let settlements = Arc::new(Settlements::new(consuming.clone(), self.input.prefetch));
         self.probe.consuming.set(true);
         tracing::info!(queue = %self.input.queue, partitions = self.partitions.len(), "routing egress events into partitions");
 
@@ -221,21 +218,22 @@ async fn forward(
 ) -> Result<(), String> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        let confirmation = channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &delivery.data,
-                delivery.properties.clone(),
-            )
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
+        let publish = async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &delivery.data,
+                    delivery.properties.clone(),
+                )
+                .await?
+                .await
+        };
+        let confirmation = publish.await.map_err(|e| e.to_string())?;
         // Acked and not returned as unroutable: the partition queue holds it.
         let held = confirmation.is_ack() && confirmation.take_message().is_none();
         if held {

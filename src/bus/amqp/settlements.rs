@@ -3,7 +3,7 @@
 //! Delivery tags on a channel count up from 1. An ack whose every earlier delivery is already
 //! settled goes out at once, as one `basic.ack` with `multiple` set that also covers the acks
 //! that were waiting behind it. An ack that comes while an earlier delivery is still being
-//! worked on waits for it, but not for long: once [`Settlements::new`]'s `wait_limit` acks wait,
+//! worked on waits for it, but not for long: once a quarter of the prefetch window waits,
 //! or [`WAITING_ACKS_FLUSH`] after an ack started waiting ([`Settlements::flush_waiting`]), or
 //! when the consumer stops, the waiting acks go out one by one. Nacks (requeue, reject) go out at
 //! once and count as settled for the acks behind them. The egress consumers
@@ -43,18 +43,19 @@ pub(super) struct Settlements {
     channel: Channel,
     window: Mutex<Window>,
     wait_limit: AtomicUsize,
-    /// Signalled when an ack starts waiting, so the consumer arms its flush only then.
+    /// Signalled when an ack starts waiting: starts [`Self::flush_waiting`]'s timer.
     ack_waits: Notify,
 }
 
 impl Settlements {
-    /// `wait_limit`: how many acks may wait behind an unsettled delivery before they go out
-    /// one by one (they hold the prefetch window meanwhile).
-    pub(super) fn new(channel: Channel, wait_limit: usize) -> Self {
+    /// The settlements of `channel`, whose consumer has `prefetch` deliveries at most. Up to a
+    /// quarter of them may be acks waiting behind an unsettled delivery (holding their places
+    /// in the prefetch window meanwhile) before those go out one by one.
+    pub(super) fn new(channel: Channel, prefetch: u16) -> Self {
         Self {
             channel,
             window: Mutex::default(),
-            wait_limit: AtomicUsize::new(wait_limit.max(1)),
+            wait_limit: AtomicUsize::new((usize::from(prefetch) / 4).max(1)),
             ack_waits: Notify::new(),
         }
     }

@@ -164,10 +164,7 @@ impl Consumer {
             backoff.reset();
             self.probe.consuming.set(true);
             tracing::info!(queue = %self.spec.queue, prefetch = self.spec.prefetch, "consuming");
-            let settlements = Arc::new(Settlements::new(
-                channel.clone(),
-                usize::from(self.spec.prefetch) / 4,
-            ));
+            let settlements = Arc::new(Settlements::new(channel.clone(), self.spec.prefetch));
             let ended = self
                 .consume(&channel, &mut consumer, &settlements, &mut links, &link)
                 .await;

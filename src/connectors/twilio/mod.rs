@@ -24,12 +24,12 @@ pub mod opt_out;
 pub mod prerequisites;
 pub mod rest;
 pub(crate) mod shared;
-
-pub use shared::INGRESS_SOURCE;
 pub mod signing;
 pub mod simulate;
 #[cfg(feature = "websocket")]
 pub mod websocket;
+
+pub use shared::INGRESS_SOURCE;
 
 use std::sync::{atomic::AtomicBool, Arc};
 
