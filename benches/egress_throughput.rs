@@ -7,14 +7,17 @@
 //! prefetch (`BENCH_PREFETCH`, default 32 like `AMQP_PREFETCH`):
 //!
 //! 1. Baseline: a bare lapin consumer that POSTs each event's text with reqwest and acks.
-//! 2. The release binary with `TWILIO_MAX_SEND_RATE` high: parse, plan, ledger, rate limit, send,
+//! 2. The same bare consumer that also publishes, before each ack, the one thing the contract
+//!    adds to every reply: its status event on `internal.egress.status.v1`, with the contract's
+//!    properties, confirmed. It tells how much of the gap is that event's cost alone.
+//! 3. The release binary with `TWILIO_MAX_SEND_RATE` high: parse, plan, ledger, rate limit, send,
 //!    status event, ack.
 //!
 //! For each: messages per second (first to last create at the endpoint), CPU microseconds per
 //! message and peak RSS of the consuming process, the local broker's CPU microseconds per
 //! message over the same span (when RabbitMQ runs on this machine), TCP connections opened,
-//! duplicates (creates with an idempotency token seen before). Prints the ratio (target ≥ 0.70)
-//! and whether the connections opened stay within the sends in flight plus a few.
+//! duplicates (creates with an idempotency token seen before). Prints the service's ratio to the
+//! bare consumer (target ≥ 0.70) and to the bare consumer with status events, and whether the connections opened stay within the sends in flight plus a few.
 //!
 //! Run: `cargo bench --bench egress_throughput` (needs RabbitMQ at `AMQP_URL`, default
 //! 127.0.0.1:5672). Environment: `BENCH_EVENTS` (20000), `BENCH_PREFETCH` (32),
@@ -36,6 +39,10 @@ use std::{
 };
 
 use futures_util::{stream, StreamExt};
+use ingress_egress::egress::{
+    events::{status_message, EgressStatusEvent, Outcome as StatusOutcome, PartReport},
+    sink::TextInfo,
+};
 use lapin::{
     options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -56,6 +63,8 @@ const SENDER: &str = "+15005550006";
 const RECIPIENTS: usize = 1000;
 /// Set in the baseline consumer's process (this bench binary, started again).
 const ROLE: &str = "BENCH_EGRESS_ROLE";
+/// [`ROLE`] of the baseline that publishes a status event per reply.
+const WITH_STATUS: &str = "with-status";
 
 #[tokio::main]
 async fn main() {
@@ -86,37 +95,39 @@ async fn main() {
     // minutes apart): the pair is measured `BENCH_ROUNDS` times back to back and the median
     // ratio reported.
     let mut ratios = Vec::new();
+    let mut ratios_with_status = Vec::new();
     for round in 1..=rounds {
         println!("round {round}");
-        let baseline = measure(
-            &connection,
-            &endpoint,
+        let mut rates = Vec::new();
+        let mut connections = 0;
+        for who in [
             Consumer::Baseline,
-            &amqp,
-            prefetch,
-            events,
-        )
-        .await;
-        let service = measure(
-            &connection,
-            &endpoint,
+            Consumer::BaselineWithStatus,
             Consumer::Service,
-            &amqp,
-            prefetch,
-            events,
-        )
-        .await;
+        ] {
+            let outcome = measure(&connection, &endpoint, who, &amqp, prefetch, events).await;
+            rates.push(outcome.rate);
+            connections = outcome.connections;
+        }
+        let [baseline, with_status, service] = rates[..] else {
+            unreachable!("three consumers measured")
+        };
         println!(
-            "ratio: {:.2}; service opened {} connections for {} sends in flight",
-            service.rate / baseline.rate,
-            service.connections,
-            prefetch,
+            "ratio: {:.2} (to the bare consumer with status events: {:.2}); service opened \
+             {connections} connections for {prefetch} sends in flight",
+            service / baseline,
+            service / with_status,
         );
-        ratios.push(service.rate / baseline.rate);
+        ratios.push(service / baseline);
+        ratios_with_status.push(service / with_status);
     }
     println!(
         "ratio, median of {rounds}: {:.2} (target >= 0.70; connections target <= {prefetch} + a few)",
         support::median(&mut ratios)
+    );
+    println!(
+        "ratio to the bare consumer with status events, median of {rounds}: {:.2}",
+        support::median(&mut ratios_with_status)
     );
     let _ = connection.close(200, "done".into()).await;
 }
@@ -167,6 +178,7 @@ async fn measure(
 #[derive(Clone, Copy)]
 enum Consumer {
     Baseline,
+    BaselineWithStatus,
     Service,
 }
 
@@ -174,6 +186,7 @@ impl Consumer {
     fn label(self) -> &'static str {
         match self {
             Consumer::Baseline => "bare lapin consumer + reqwest",
+            Consumer::BaselineWithStatus => "bare consumer + status events",
             Consumer::Service => "service (ledger, status events)",
         }
     }
@@ -188,10 +201,15 @@ impl Consumer {
         events: usize,
     ) -> Child {
         let command = match self {
-            Consumer::Baseline => {
+            Consumer::Baseline | Consumer::BaselineWithStatus => {
                 let mut command = Command::new(std::env::current_exe().unwrap());
+                let role = match self {
+                    Consumer::BaselineWithStatus => WITH_STATUS,
+                    _ => "bare",
+                };
                 command
-                    .env(ROLE, "baseline")
+                    .env(ROLE, role)
+                    .env("BENCH_EXCHANGE", exchange)
                     .env("BENCH_QUEUE", queue)
                     .env("BENCH_ENDPOINT", endpoint)
                     .env("BENCH_PREFETCH", prefetch.to_string())
@@ -458,8 +476,10 @@ async fn serve(mut connection: tokio::net::TcpStream, state: Arc<EndpointState>)
 }
 
 /// The baseline: consume with the same prefetch, POST each event's text, ack; exits after
-/// `BENCH_EVENTS` acks.
+/// `BENCH_EVENTS` acks. As [`WITH_STATUS`], it publishes the reply's status event (built by the
+/// service's own code, confirmed on a channel of its own) before each ack.
 async fn baseline_consumer() {
+    let with_status = std::env::var(ROLE).is_ok_and(|role| role == WITH_STATUS);
     let queue = std::env::var("BENCH_QUEUE").unwrap();
     let endpoint = std::env::var("BENCH_ENDPOINT").unwrap();
     let prefetch = env_or("BENCH_PREFETCH", 32) as u16;
@@ -472,6 +492,17 @@ async fn baseline_consumer() {
         .basic_qos(prefetch, BasicQosOptions::default())
         .await
         .unwrap();
+    let status_publisher = if with_status {
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let exchange = std::env::var("BENCH_EXCHANGE").unwrap();
+        Some(Arc::new((channel, exchange)))
+    } else {
+        None
+    };
     let mut consumer = channel
         .basic_consume(
             queue.as_str().into(),
@@ -490,6 +521,7 @@ async fn baseline_consumer() {
         while let Some(delivery) = consumer.next().await {
             let delivery = delivery.unwrap();
             let (http, url, acked, done) = (http.clone(), url.clone(), acked.clone(), done.clone());
+            let status_publisher = status_publisher.clone();
             tokio::spawn(async move {
                 let event: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
                 let text = event["message"]["text"].as_str().unwrap_or_default();
@@ -506,7 +538,27 @@ async fn baseline_consumer() {
                     .unwrap();
                 assert_eq!(response.status(), 201);
                 let created: serde_json::Value = response.json().await.unwrap();
-                assert!(created["sid"].is_string());
+                let sid = created["sid"].as_str().expect("a Message SID");
+                if let Some(publisher) = &status_publisher {
+                    let (channel, exchange) = &**publisher;
+                    let message_id = delivery.properties.message_id().as_ref().map(|id| id.to_string());
+                    let status = sent_status(&event, message_id.clone(), to, text, sid);
+                    let message =
+                        status_message(message_id.as_deref().unwrap_or_default(), &status);
+                    let confirmation = channel
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            message.topic.as_str().into(),
+                            BasicPublishOptions::default(),
+                            message.body.as_bytes(),
+                            ingress_egress::bus::amqp::properties(&message),
+                        )
+                        .await
+                        .unwrap()
+                        .await
+                        .unwrap();
+                    assert!(confirmation.is_ack(), "the broker confirms");
+                }
                 delivery.ack(BasicAckOptions::default()).await.unwrap();
                 if acked.fetch_add(1, Ordering::SeqCst) + 1 >= events as u64 {
                     done.notify_one();
@@ -517,4 +569,44 @@ async fn baseline_consumer() {
     finished.notified().await;
     // Stays until killed, so its peak memory can still be read.
     std::future::pending::<()>().await;
+}
+
+/// The status event of a reply sent in one part, as the service reports it.
+fn sent_status(
+    event: &serde_json::Value,
+    event_message_id: Option<String>,
+    to: &str,
+    text: &str,
+    sid: &str,
+) -> EgressStatusEvent {
+    let text = TextInfo {
+        characters: text.chars().count(),
+        encoding: Some("GSM-7"),
+        segments: 1,
+    };
+    EgressStatusEvent {
+        correlation_id: event["correlationId"].as_str().map(str::to_owned),
+        connector: "twilio".to_owned(),
+        target: Some(to.to_owned()),
+        status: StatusOutcome::Sent,
+        provider_sid: Some(sid.to_owned()),
+        provider_sids: vec![sid.to_owned()],
+        error_code: None,
+        http_status: None,
+        reason: None,
+        attempts: 1,
+        parts: 1,
+        parts_sent: 1,
+        segments: 1,
+        part_details: vec![PartReport {
+            index: 0,
+            text,
+            media: 0,
+            provider_sid: Some(sid.to_owned()),
+            attempts: 1,
+            resolved_by: None,
+        }],
+        event_message_id,
+        at: chrono::Utc::now(),
+    }
 }
