@@ -17,7 +17,8 @@
 //! message and peak RSS of the consuming process, the local broker's CPU microseconds per
 //! message over the same span (when RabbitMQ runs on this machine), TCP connections opened,
 //! duplicates (creates with an idempotency token seen before). Prints the service's ratio to the
-//! bare consumer (target ≥ 0.70) and to the bare consumer with status events, and whether the connections opened stay within the sends in flight plus a few.
+//! bare consumer (target ≥ 0.70) and to the bare consumer with status events, and whether the
+//! connections opened stay within the sends in flight plus a few.
 //!
 //! Run: `cargo bench --bench egress_throughput` (needs RabbitMQ at `AMQP_URL`, default
 //! 127.0.0.1:5672). Environment: `BENCH_EVENTS` (20000), `BENCH_PREFETCH` (32),
@@ -92,8 +93,8 @@ async fn main() {
         "                                      msg/s   CPU us/msg  broker us  peak RSS  connections  duplicates"
     );
     // The machine is noisy (the same bare consumer has measured 7,600 and 13,900 msg/s a few
-    // minutes apart): the pair is measured `BENCH_ROUNDS` times back to back and the median
-    // ratio reported.
+    // minutes apart): the three consumers are measured `BENCH_ROUNDS` times back to back and the
+    // median ratios reported.
     let mut ratios = Vec::new();
     let mut ratios_with_status = Vec::new();
     for round in 1..=rounds {
@@ -549,8 +550,12 @@ async fn baseline_consumer() {
                         .as_ref()
                         .map(|id| id.to_string());
                     let status = sent_status(&event, message_id.clone(), to, text, sid);
-                    let message =
+                    let mut message =
                         status_message(message_id.as_deref().unwrap_or_default(), &status);
+                    // The service's status event continues the reply's trace.
+                    message.trace_parent = event["traceId"].as_str().map(|trace| {
+                        format!("00-{trace}-{:016x}-01", acked.load(Ordering::Relaxed) + 1)
+                    });
                     let confirmation = channel
                         .basic_publish(
                             exchange.as_str().into(),
