@@ -24,8 +24,8 @@
 //! 127.0.0.1:5672). Environment: `BENCH_EVENTS` (20000), `BENCH_PREFETCH` (32),
 //! `BENCH_STATE_PARENT` (where the service's `OUTBOX_DIR`, and with it the send ledger, goes;
 //! the system's temporary directory by default, `/dev/shm` for a memory file system as on
-//! Cloud Run), `BENCH_ROUNDS` (3: baseline and service are measured that many times, back to
-//! back, and the median ratio is printed), `BENCH_SERVICE_ENV` (extra `NAME=value` pairs,
+//! Cloud Run), `BENCH_ROUNDS` (3: the three consumers are measured that many times, back to
+//! back, and the median ratios are printed), `BENCH_SERVICE_ENV` (extra `NAME=value` pairs,
 //! separated by spaces, for the service's process only, to try a setting without touching the
 //! baseline).
 
@@ -99,20 +99,11 @@ async fn main() {
     let mut ratios_with_status = Vec::new();
     for round in 1..=rounds {
         println!("round {round}");
-        let mut rates = Vec::new();
-        let mut connections = 0;
-        for who in [
-            Consumer::Baseline,
-            Consumer::BaselineWithStatus,
-            Consumer::Service,
-        ] {
-            let outcome = measure(&connection, &endpoint, who, &amqp, prefetch, events).await;
-            rates.push(outcome.rate);
-            connections = outcome.connections;
-        }
-        let [baseline, with_status, service] = rates[..] else {
-            unreachable!("three consumers measured")
-        };
+        let measure_as = |who| measure(&connection, &endpoint, who, &amqp, prefetch, events);
+        let baseline = measure_as(Consumer::Baseline).await.rate;
+        let with_status = measure_as(Consumer::BaselineWithStatus).await.rate;
+        let service = measure_as(Consumer::Service).await;
+        let (connections, service) = (service.connections, service.rate);
         println!(
             "ratio: {:.2} (to the bare consumer with status events: {:.2}, which runs at {:.2} \
              of the bare one); service opened {connections} connections for {prefetch} sends in \
@@ -553,9 +544,9 @@ async fn baseline_consumer() {
                     let mut message =
                         status_message(message_id.as_deref().unwrap_or_default(), &status);
                     // The service's status event continues the reply's trace.
-                    message.trace_parent = event["traceId"].as_str().map(|trace| {
-                        format!("00-{trace}-{:016x}-01", acked.load(Ordering::Relaxed) + 1)
-                    });
+                    message.trace_parent = event["traceId"]
+                        .as_str()
+                        .map(|trace| format!("00-{trace}-{:016x}-01", delivery.delivery_tag));
                     let confirmation = channel
                         .basic_publish(
                             exchange.as_str().into(),
